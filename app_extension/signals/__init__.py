@@ -1,0 +1,1 @@
+"""HyperSpy signal classes of app_extension (registered in hyperspy_extension.yaml)."""
