@@ -1,0 +1,388 @@
+"""Reconstruction results as calibrated HyperSpy signals.
+
+:func:`state_to_signal` is the one conversion from a solver
+:class:`~app_extension.solver.state.ReconstructionState` to HyperSpy; the
+HyperSpy signal method, the py4DSTEM class and the command line all call it, so
+a result looks the same whichever front end made it:
+
+* a complex :class:`~hyperspy.signals.ComplexSignal2D` holding the object
+  slices, navigation axis ``z`` = slice depth (scale = recovered slice
+  thickness), signal axes ``x``, ``y`` in Å at the reconstruction pixel size,
+  in the scan frame (scan position (0, 0) is the first probe position);
+* ``metadata.Signal.Ptychography`` with the recovered tilt, slice thickness,
+  total thickness, final loss, status, the full parameter set, the probe
+  (:func:`probe_to_signal`), the history (:func:`history_to_signal`) and, for
+  FPP, the post-alignment (:func:`post_alignment_to_metadata`).
+
+:func:`signal_to_state` goes the other way, so a saved result can be
+continued.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from hyperspy.misc.utils import DictionaryTreeBrowser
+from hyperspy.signals import BaseSignal, ComplexSignal2D, Signal1D, Signal2D
+
+from .solver.config import Geometry, SolverConfig
+from .solver.state import HISTORY_KEYS, ReconstructionState
+from .units import to_magnitude
+
+__all__ = [
+    "state_to_signal",
+    "probe_to_signal",
+    "history_to_signal",
+    "post_alignment_to_metadata",
+    "signal_to_state",
+    "config_from_signal",
+    "geometry_from_signal",
+    "RESULT_NODE",
+    "HISTORY_UNITS",
+]
+
+#: Where a result's ptychography metadata lives.
+RESULT_NODE = "Signal.Ptychography"
+
+#: Units of the history quantities, in the order of the history signal.
+HISTORY_UNITS = {"loss": "", "tilt_x": "mrad", "tilt_y": "mrad", "slice_thickness": "Å", "time": "s"}
+
+
+def _image_axes(shape: tuple[int, int], sampling: float, origin: tuple[float, float]) -> list[dict]:
+    """Signal axes y, x (array order) in Å."""
+    return [
+        {
+            "name": "y",
+            "units": "Å",
+            "scale": float(sampling),
+            "offset": float(origin[0]),
+            "size": int(shape[0]),
+            "navigate": False,
+        },
+        {
+            "name": "x",
+            "units": "Å",
+            "scale": float(sampling),
+            "offset": float(origin[1]),
+            "size": int(shape[1]),
+            "navigate": False,
+        },
+    ]
+
+
+def _depth_axis(num_slices: int, dz_A: float, depth_units: str) -> dict:
+    factor = to_magnitude("1 Å", depth_units, "depth_units") if depth_units != "Å" else 1.0
+    return {
+        "name": "z",
+        "units": depth_units,
+        "scale": float(dz_A) * factor,
+        "offset": 0.0,
+        "size": int(num_slices),
+        "navigate": True,
+    }
+
+
+def probe_to_signal(state: ReconstructionState) -> ComplexSignal2D:
+    """The probe modes as a calibrated complex signal.
+
+    Navigation axis ``mode`` (one index per mixed-state mode), signal axes
+    ``x``, ``y`` in Å with the window centre (pixel N // 2) at 0.
+    """
+    probe = state.probe.detach().cpu().numpy()
+    n = probe.shape[-2:]
+    origin = (-(n[0] // 2) * state.sampling, -(n[1] // 2) * state.sampling)
+    axes = [
+        {"name": "mode", "units": "", "scale": 1.0, "offset": 0.0, "size": probe.shape[0], "navigate": True}
+    ]
+    axes += _image_axes(n, state.sampling, origin)
+    signal = ComplexSignal2D(probe, axes=axes)
+    signal.metadata.General.title = "Probe"
+    return signal
+
+
+def history_to_signal(history: dict) -> Signal1D:
+    """Per-iteration history as one plottable signal.
+
+    The signal axis is the iteration (1-based); the navigation axis runs over
+    the quantities named in ``metadata.Signal.quantities`` (units in
+    ``metadata.Signal.quantity_units``): loss, tilt_x, tilt_y (mrad),
+    slice_thickness (Å) and time (s, cumulative). ``s.inav[k].plot()`` plots
+    one; :func:`hyperspy.api.plot.plot_spectra` several.
+    """
+    keys = [k for k in HISTORY_KEYS if k in history] + [k for k in history if k not in HISTORY_KEYS]
+    n = max((len(history[k]) for k in keys), default=0)
+    data = np.full((len(keys), max(n, 1)), np.nan)
+    for i, k in enumerate(keys):
+        values = np.asarray(history[k], dtype=np.float64)
+        data[i, : values.size] = values
+    axes = [
+        {"name": "quantity", "units": "", "scale": 1.0, "offset": 0.0, "size": len(keys), "navigate": True},
+        {
+            "name": "iteration",
+            "units": "",
+            "scale": 1.0,
+            "offset": 1.0,
+            "size": data.shape[1],
+            "navigate": False,
+        },
+    ]
+    signal = Signal1D(data, axes=axes)
+    signal.metadata.General.title = "Reconstruction history"
+    signal.metadata.set_item("Signal.quantities", list(keys))
+    signal.metadata.set_item("Signal.quantity_units", [HISTORY_UNITS.get(k, "") for k in keys])
+    signal.metadata.set_item("Signal.iterations", int(n))
+    return signal
+
+
+def _history_from_signal(signal: BaseSignal) -> dict:
+    keys = list(signal.metadata.Signal.quantities)
+    n = int(signal.metadata.Signal.iterations)
+    return {k: [float(v) for v in np.asarray(signal.data[i, :n])] for i, k in enumerate(keys)}
+
+
+def post_alignment_to_metadata(post_alignment: dict, state: ReconstructionState) -> dict:
+    """FPP post-alignment results as a metadata dictionary.
+
+    Keys: ``shifts`` ((S, 2) array of (dy, dx) in Å of each slice relative to
+    the first), ``tilt_x``/``tilt_y`` (mrad) implied by the drift of the
+    slices, ``total_tilt_x``/``total_tilt_y`` (propagator tilt plus implied
+    tilt), and the signals ``mean_phase`` (average of the aligned slices) and
+    ``aligned_phase`` (the aligned slices).
+    """
+    h, w = np.asarray(post_alignment["mean_phase"]).shape
+    axes = _image_axes((h, w), state.sampling, state.origin)
+    mean_phase = Signal2D(np.asarray(post_alignment["mean_phase"], dtype=np.float32), axes=axes)
+    mean_phase.metadata.General.title = "Mean phase of the aligned slices"
+    mean_phase.metadata.Signal.quantity = "Phase (rad)"
+    aligned = np.asarray(post_alignment["aligned_phase"], dtype=np.float32)
+    aligned_phase = Signal2D(
+        aligned,
+        axes=[
+            _depth_axis(aligned.shape[0], state.dz, "Å"),
+            *_image_axes((h, w), state.sampling, state.origin),
+        ],
+    )
+    aligned_phase.metadata.General.title = "Aligned phase slices"
+    aligned_phase.metadata.Signal.quantity = "Phase (rad)"
+    implied = np.asarray(post_alignment["tilt_mrad"], dtype=np.float64)
+    model_tilt = np.asarray(state.tilt_mrad, dtype=np.float64).reshape(-1, 2).mean(axis=0)
+    return {
+        "shifts": np.asarray(post_alignment["shifts"], dtype=np.float64),
+        "shifts_units": "Å",
+        "tilt_x": float(implied[0]),
+        "tilt_y": float(implied[1]),
+        "tilt_x_units": "mrad",
+        "tilt_y_units": "mrad",
+        "total_tilt_x": float(model_tilt[0] + implied[0]),
+        "total_tilt_y": float(model_tilt[1] + implied[1]),
+        "mean_phase": mean_phase,
+        "aligned_phase": aligned_phase,
+    }
+
+
+def _geometry_metadata(geometry: Geometry) -> dict:
+    return {
+        "energy": float(geometry.energy),
+        "energy_units": "eV",
+        "semiangle": float(geometry.semiangle),
+        "semiangle_units": "mrad",
+        "reciprocal_sampling": float(geometry.reciprocal_sampling),
+        "reciprocal_sampling_units": "1 / Å",
+        "defocus": float(geometry.defocus),
+        "defocus_units": "Å",
+        "aberrations": {str(k): float(v) for k, v in geometry.aberrations.items()},
+        "scan_positions": np.asarray(geometry.scan_positions, dtype=np.float64),
+        "scan_positions_units": "Å",
+    }
+
+
+def state_to_signal(
+    state: ReconstructionState,
+    config: SolverConfig,
+    geometry: Geometry,
+    *,
+    title: str | None = None,
+    metadata: dict | DictionaryTreeBrowser | None = None,
+    scan_shape: tuple[int, int] | None = None,
+    depth_units: str = "Å",
+    extra_parameters: dict | None = None,
+) -> ComplexSignal2D:
+    """A reconstruction as a calibrated complex HyperSpy signal.
+
+    Parameters
+    ----------
+    state
+        The solver's result (:func:`app_extension.solver.engine.reconstruct`).
+    config, geometry
+        The options and geometry the state was made with; stored in the
+        metadata (``Parameters``, ``Geometry``).
+    title
+        ``metadata.General.title``; default "APP ptychography" (or FPP).
+    metadata
+        Metadata of the input signal to carry over (e.g.
+        ``Acquisition_instrument``); its ``General`` and ``Signal`` nodes are
+        not copied.
+    scan_shape
+        (scan_y, scan_x), stored for reference.
+    depth_units
+        Units of the depth (navigation) axis, any pint length ("Å", "nm").
+    extra_parameters
+        Further items for ``metadata.Signal.Ptychography.Parameters`` (e.g.
+        the front end's own options).
+
+    Returns
+    -------
+    hyperspy.signals.ComplexSignal2D
+        Object slices (S, H, W): navigation axis ``z`` (scale = slice
+        thickness), signal axes ``x``, ``y`` in Å in the scan frame. Its
+        ``metadata.Signal.Ptychography`` holds ``method``, ``tilt_x``,
+        ``tilt_y`` (mrad), ``slice_thickness``, ``thickness`` (Å),
+        ``num_slices``, ``loss``, ``iterations``, ``status``, ``wavelength``,
+        ``intensity_scale``, ``Parameters`` (the SolverConfig),
+        ``Geometry``, ``probe``, ``history``, ``tilt_map`` (per-position
+        tilts, tilt-map runs only) and ``Post_alignment`` (FPP only).
+    """
+    obj = state.object
+    method = config.mode.upper()
+    axes = [
+        _depth_axis(obj.shape[0], state.dz, depth_units),
+        *_image_axes(obj.shape[-2:], state.sampling, state.origin),
+    ]
+    signal = ComplexSignal2D(obj, axes=axes)
+    if metadata is not None:
+        md = metadata.as_dictionary() if isinstance(metadata, DictionaryTreeBrowser) else dict(metadata)
+        for key, value in md.items():
+            if key not in ("General", "Signal", "_HyperSpy"):
+                signal.metadata.set_item(key, value)
+    signal.metadata.General.title = title or f"{method} ptychography"
+    signal.metadata.Signal.quantity = "Transmission function"
+    tilt = np.asarray(state.tilt_mrad, dtype=np.float64)
+    mean_tilt = tilt.reshape(-1, 2).mean(axis=0)
+    loss = state.history.get("loss", [])
+    parameters = config.to_dict()
+    parameters["padded_size"] = parameters["padded_size"] if parameters["padded_size"] is not None else 0
+    if extra_parameters:
+        parameters.update(extra_parameters)
+    info = {
+        "method": method,
+        "tilt_x": float(mean_tilt[0]),
+        "tilt_y": float(mean_tilt[1]),
+        "tilt_x_units": "mrad",
+        "tilt_y_units": "mrad",
+        "slice_thickness": state.dz,
+        "slice_thickness_units": "Å",
+        "thickness": state.thickness,
+        "thickness_units": "Å",
+        "num_slices": state.num_slices,
+        "loss": float(loss[-1]) if loss else float("nan"),
+        "iterations": int(state.iteration),
+        "status": state.status,
+        "pixel_size": float(state.sampling),
+        "pixel_size_units": "Å",
+        "wavelength": float(state.wavelength),
+        "wavelength_units": "Å",
+        "intensity_scale": float(state.intensity_scale),
+        "Parameters": parameters,
+        "Geometry": _geometry_metadata(geometry),
+        "probe": probe_to_signal(state),
+        "history": history_to_signal(state.history),
+    }
+    if scan_shape is not None:
+        info["scan_shape"] = [int(v) for v in scan_shape]
+    if tilt.ndim == 2:
+        info["tilt_map"] = tilt
+    # The complex object keeps the phase modulo 2 pi; the whole turns let a
+    # continued run start from exactly the solver's (unwrapped) phase.
+    phase = state.phase.detach().cpu().numpy()
+    turns = np.round((phase - np.angle(obj)) / (2 * np.pi)).astype(np.int8)
+    if turns.any():
+        info["phase_turns"] = turns
+    if state.post_alignment is not None:
+        info["Post_alignment"] = post_alignment_to_metadata(state.post_alignment, state)
+    signal.metadata.set_item(RESULT_NODE, info)
+    return signal
+
+
+def _result_node(signal: BaseSignal) -> DictionaryTreeBrowser:
+    if not signal.metadata.has_item(RESULT_NODE):
+        raise ValueError(
+            "This signal holds no ptychography result (metadata.Signal.Ptychography is missing); "
+            "pass the signal returned by ptycho_app or a checkpoint file written with checkpoint=."
+        )
+    return signal.metadata.get_item(RESULT_NODE)
+
+
+def config_from_signal(signal: BaseSignal) -> SolverConfig:
+    """The :class:`SolverConfig` stored in a result signal's metadata."""
+    params = _result_node(signal).Parameters.as_dictionary()
+    fields = SolverConfig.__dataclass_fields__
+    kwargs = {}
+    for key, value in params.items():
+        if key not in fields:
+            continue
+        default = fields[key].default
+        # Values come back from HDF5/zarr as numpy scalars; give them the field's Python type.
+        if isinstance(default, bool):
+            value = bool(value)
+        elif isinstance(default, int | float | str) and value is not None:
+            value = type(default)(value)
+        kwargs[key] = value
+    if kwargs.get("padded_size") == 0:
+        kwargs["padded_size"] = None
+    if "tilt" in kwargs:
+        kwargs["tilt"] = tuple(float(t) for t in np.ravel(kwargs["tilt"]))
+    return SolverConfig(**kwargs)
+
+
+def signal_to_state(signal: BaseSignal) -> ReconstructionState:
+    """Rebuild a :class:`ReconstructionState` from a result signal, to continue the run.
+
+    Inverse of :func:`state_to_signal` (also after saving to .hspy/.zspy and
+    loading back).
+    """
+    import torch
+
+    node = _result_node(signal)
+    obj = np.asarray(signal.data)
+    sy, sx = signal.axes_manager.signal_axes[1], signal.axes_manager.signal_axes[0]
+    sampling = float(node.pixel_size)
+    origin = (float(sy.offset), float(sx.offset))
+    probe = np.asarray(node.probe.data)
+    window = probe.shape[-1]
+    positions = np.asarray(node.Geometry.scan_positions, dtype=np.float64)
+    corners = (positions - np.asarray(origin)) / sampling - window // 2
+    if node.has_item("tilt_map"):
+        tilt = np.asarray(node.tilt_map, dtype=np.float32)
+    else:
+        tilt = np.array([[node.tilt_x, node.tilt_y]], dtype=np.float32)
+    phase = np.angle(obj)
+    if node.has_item("phase_turns"):
+        phase = phase + 2 * np.pi * np.asarray(node.phase_turns, dtype=np.float64)
+    state = ReconstructionState(
+        phase=torch.as_tensor(phase.astype(np.float32)),
+        amplitude=torch.as_tensor(np.abs(obj).astype(np.float32)),
+        probe=torch.as_tensor(probe.astype(np.complex64)),
+        tilt=torch.as_tensor(tilt),
+        slice_thickness=torch.tensor(float(node.slice_thickness), dtype=torch.float32),
+        positions_px=torch.as_tensor(corners, dtype=torch.float32),
+        sampling=sampling,
+        origin=origin,
+        wavelength=float(node.wavelength),
+        intensity_scale=float(node.intensity_scale),
+        iteration=int(node.iterations),
+        history=_history_from_signal(node.history),
+        status=str(node.status),
+    )
+    return state
+
+
+def geometry_from_signal(signal: BaseSignal) -> Geometry:
+    """The :class:`Geometry` stored in a result signal's metadata."""
+    g = _result_node(signal).Geometry
+    return Geometry(
+        energy=float(g.energy),
+        semiangle=float(g.semiangle),
+        reciprocal_sampling=float(g.reciprocal_sampling),
+        scan_positions=np.asarray(g.scan_positions),
+        defocus=float(g.defocus),
+        aberrations=g.aberrations.as_dictionary() if g.has_item("aberrations") else {},
+    )
