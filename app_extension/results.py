@@ -51,21 +51,14 @@ def _image_axes(shape: tuple[int, int], sampling: float, origin: tuple[float, fl
     """Signal axes y, x (array order) in Å."""
     return [
         {
-            "name": "y",
+            "name": name,
             "units": "Å",
             "scale": float(sampling),
-            "offset": float(origin[0]),
-            "size": int(shape[0]),
+            "offset": float(offset),
+            "size": int(size),
             "navigate": False,
-        },
-        {
-            "name": "x",
-            "units": "Å",
-            "scale": float(sampling),
-            "offset": float(origin[1]),
-            "size": int(shape[1]),
-            "navigate": False,
-        },
+        }
+        for name, size, offset in zip(("y", "x"), tuple(shape), tuple(origin), strict=True)
     ]
 
 
