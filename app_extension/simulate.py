@@ -77,7 +77,7 @@ def _gaussians(
     out = np.zeros((grid_y.size, grid_x.size))
     step = grid_x[1] - grid_x[0]
     r = int(np.ceil(4 * width / step))
-    for (y, x), p in zip(sites, peaks):
+    for (y, x), p in zip(sites, peaks, strict=True):
         iy = int(round((y - grid_y[0]) / step))
         ix = int(round((x - grid_x[0]) / step))
         y0, y1 = max(iy - r, 0), min(iy + r + 1, grid_y.size)
