@@ -291,8 +291,25 @@ def state_to_signal(
         info["phase_turns"] = turns
     if state.post_alignment is not None:
         info["Post_alignment"] = post_alignment_to_metadata(state.post_alignment, state)
-    signal.metadata.set_item(RESULT_NODE, info)
+    signal.metadata.set_item(RESULT_NODE, _arrays_for_sequences(info))
     return signal
+
+
+def _arrays_for_sequences(node: dict) -> dict:
+    """Lists and tuples as numpy arrays, recursively.
+
+    HyperSpy (2.5) loses the signals stored in a metadata node (``probe``,
+    ``history``) when that node also holds a list or tuple, on loading from
+    .hspy/.zspy; arrays are safe.
+    """
+    out = {}
+    for key, value in node.items():
+        if isinstance(value, dict):
+            value = _arrays_for_sequences(value)
+        elif isinstance(value, list | tuple):
+            value = np.asarray(value)
+        out[key] = value
+    return out
 
 
 def _result_node(signal: BaseSignal) -> DictionaryTreeBrowser:
