@@ -1,0 +1,467 @@
+"""Command line: ``app-ptycho reconstruct FILE`` and ``app-ptycho demo``.
+
+``reconstruct`` reads a 4D-STEM file (anything RosettaSciIO reads), applies
+calibration overrides given with units, runs APP or FPP through the HyperSpy
+signal's ``ptycho_app`` method and writes the result (.hspy or .zspy) and a
+PNG summary. ``demo`` simulates a small tilted SrTiO3 crystal and reconstructs
+it with APP and FPP, printing the recovered tilt and thickness next to the
+truth. ``python -m app_extension`` is the same program.
+
+Exit status: 0 on success, 1 on a bad input or a failed run (with a message
+saying what to do), 2 on a command-line usage error, 130 when interrupted
+(the partial result is still written).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+from .solver.config import SolverConfig
+
+__all__ = ["main", "build_parser", "CLIError"]
+
+PROG = "app-ptycho"
+RESULT_EXTENSIONS = (".hspy", ".zspy")
+
+
+class CLIError(Exception):
+    """A problem the user can fix; printed without a traceback."""
+
+
+# ---------------------------------------------------------------------------
+# Quantities with units
+
+
+def _quantity(text: str, option: str):
+    import re
+
+    import pint
+
+    from .units import ureg
+
+    cleaned = re.sub(r"(?<![A-Za-z_])A(?![A-Za-z_])", "Å", str(text).strip())
+    try:
+        q = ureg.Quantity(cleaned)
+    except (pint.errors.PintError, AttributeError, TypeError, SyntaxError, ValueError) as error:
+        raise CLIError(f"{option} {text!r}: cannot read this quantity ({error}).") from error
+    return q
+
+
+def parse_length(text: str, option: str, unit: str = "Å") -> float:
+    """A length in Å (bare numbers are taken to be Å already)."""
+    q = _quantity(text, option)
+    if not hasattr(q, "units") or q.unitless:
+        return float(getattr(q, "magnitude", q))
+    if q.dimensionality != q._REGISTRY.meter.dimensionality:
+        raise CLIError(f"{option} {text!r} is not a length; give e.g. '{option} \"2 nm\"' or '\"20 Å\"'.")
+    return float(q.to(unit).magnitude)
+
+
+def parse_angle(text: str, option: str) -> float:
+    """An angle in mrad (bare numbers are mrad)."""
+    q = _quantity(text, option)
+    if not hasattr(q, "units") or str(q.units) == "dimensionless":
+        return float(getattr(q, "magnitude", q))
+    if not q.dimensionless:
+        raise CLIError(f"{option} {text!r} is not an angle; give e.g. '{option} \"22 mrad\"'.")
+    return float(q.to("mrad").magnitude)
+
+
+def parse_energy(text: str, option: str) -> float:
+    """A beam energy in keV; "300 kV", "300 keV", "300000 eV" or a bare 300 (keV)."""
+    q = _quantity(text, option)
+    if not hasattr(q, "units") or q.unitless:
+        value = float(getattr(q, "magnitude", q))
+    elif q.dimensionality == q._REGISTRY.volt.dimensionality:
+        value = float(q.to("kV").magnitude)
+    elif q.dimensionality == q._REGISTRY.eV.dimensionality:
+        value = float(q.to("keV").magnitude)
+    else:
+        raise CLIError(f"{option} {text!r} is not a beam energy; give e.g. '{option} \"300 kV\"'.")
+    if not 1 <= value <= 3000:
+        raise CLIError(f"{option} {text!r} = {value:g} keV is implausible; give e.g. '{option} \"300 kV\"'.")
+    return value
+
+
+def parse_detector_sampling(text: str, option: str) -> tuple[float, str]:
+    """Detector pixel size: (value, "mrad") for an angle or (value, "1 / Å") for a spatial frequency."""
+    q = _quantity(text, option)
+    if not hasattr(q, "units") or str(q.units) == "dimensionless":
+        raise CLIError(
+            f"{option} {text!r} needs units: an angle per pixel ('1 mrad') or a spatial frequency ('0.05 1/Å')."
+        )
+    if q.dimensionless:
+        return float(q.to("mrad").magnitude), "mrad"
+    if q.dimensionality == (1 / q._REGISTRY.meter).dimensionality:
+        return float(q.to("1/Å").magnitude), "1 / Å"
+    raise CLIError(f"{option} {text!r} is neither an angle nor 1/length; give '1 mrad' or '0.05 1/Å'.")
+
+
+def parse_tilt(text: str, option: str = "--tilt") -> tuple[float, float]:
+    """Tilt "TX,TY" in mrad, units optional per value: "8,-3" or "8 mrad, -3 mrad"."""
+    parts = [p for p in str(text).replace(";", ",").split(",")]
+    if len(parts) != 2:
+        raise CLIError(f"{option} {text!r}: give two values theta_x,theta_y, e.g. {option}=8,-3 (mrad).")
+    return parse_angle(parts[0], option), parse_angle(parts[1], option)
+
+
+# ---------------------------------------------------------------------------
+# Parser
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of ``app-ptycho``."""
+    parser = argparse.ArgumentParser(
+        prog=PROG,
+        description=(
+            "Multislice electron ptychography of tilted crystals with the adaptive propagator (APP: tilt "
+            "and slice thickness learned) or the fixed propagator (FPP, with post-alignment)."
+        ),
+        epilog=f"Run '{PROG} demo' for a two-minute example on simulated data.",
+    )
+    parser.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+
+    rec = sub.add_parser(
+        "reconstruct",
+        help="reconstruct a 4D-STEM file",
+        description="Reconstruct a 4D-STEM file and write the result (.hspy/.zspy) and a PNG summary.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    rec.add_argument(
+        "file", metavar="FILE", help="4D-STEM data: .hspy, .zspy, EMPAD .xml, .mib, .blo, .h5/.emd ..."
+    )
+    out = rec.add_argument_group("output")
+    out.add_argument(
+        "-o",
+        "--output",
+        metavar="PATH",
+        help="result file, .hspy or .zspy (default: FILE's name + _app.hspy)",
+    )
+    out.add_argument("--summary", metavar="PNG", help="PNG summary (default: the output path with .png)")
+    out.add_argument("--no-summary", action="store_true", help="do not write the PNG summary")
+    out.add_argument("--overwrite", action="store_true", help="replace existing output files")
+    out.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+
+    cal = rec.add_argument_group("calibration (overrides the file's; units optional, defaults in brackets)")
+    cal.add_argument("--beam-energy", metavar="E", help='beam energy ["300 kV"; bare numbers are keV]')
+    cal.add_argument("--convergence-angle", metavar="A", help='convergence semi-angle ["22 mrad"]')
+    cal.add_argument("--scan-step", metavar="L", help='scan step ["0.39 Å"; bare numbers are Å]')
+    cal.add_argument(
+        "--detector-sampling",
+        metavar="K",
+        help='detector pixel size: "1 mrad" or "0.05 1/Å" (units required)',
+    )
+    cal.add_argument(
+        "--defocus", metavar="L", help='defocus = -C10, positive = underfocus ["20 nm"; default 0]'
+    )
+    cal.add_argument(
+        "--scan-shape", metavar=("NY", "NX"), nargs=2, type=int, help="reshape a (P, ky, kx) stack"
+    )
+    cal.add_argument("--signal-index", metavar="I", type=int, help="which signal of a multi-signal file")
+
+    d = SolverConfig()
+    opt = rec.add_argument_group("reconstruction (defaults: the solver's, or the resumed run's)")
+    opt.add_argument("--mode", choices=("app", "fpp"), help=f"adaptive or fixed propagator [{d.mode}]")
+    opt.add_argument("--num-slices", metavar="S", type=int, help=f"number of object slices [{d.num_slices}]")
+    thick = opt.add_mutually_exclusive_group()
+    thick.add_argument(
+        "--slice-thickness",
+        metavar="L",
+        help=f'initial slice thickness ["2 nm"; default {d.slice_thickness:g} Å]',
+    )
+    thick.add_argument(
+        "--thickness", metavar="L", help='initial total thickness, split over the slices ["10 nm"]'
+    )
+    opt.add_argument("--tilt", metavar="TX,TY", help="initial tilt theta_x,theta_y in mrad [0,0]")
+    opt.add_argument(
+        "--iterations", metavar="N", type=int, help=f"passes over all scan positions [{d.iterations}]"
+    )
+    opt.add_argument(
+        "--batch-size", metavar="B", type=int, help=f"scan positions per gradient step [{d.batch_size}]"
+    )
+    opt.add_argument(
+        "--probe-modes", metavar="M", type=int, help=f"mixed-state probe modes [{d.probe_modes}]"
+    )
+    opt.add_argument("--device", help=f'torch device: "cpu", "cuda", "cuda:1" [{d.device}]')
+    opt.add_argument("--seed", type=int, help=f"random seed [{d.seed}]")
+    opt.add_argument("--checkpoint", metavar="PATH", help="write the state to PATH every few iterations")
+    opt.add_argument("--resume", metavar="PATH", help="continue from a checkpoint or a saved result")
+
+    demo = sub.add_parser(
+        "demo",
+        help="simulate a tilted crystal and reconstruct it with APP and FPP",
+        description=(
+            "Simulate a small SrTiO3 [001] crystal tilted by (8, -3) mrad, 78 Å thick, reconstruct it with "
+            "APP and FPP, and print the recovered tilt and thickness against the truth."
+        ),
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    demo.add_argument(
+        "--iterations", metavar="N", type=int, help="iterations per reconstruction (default: demo's)"
+    )
+    demo.add_argument(
+        "--quick", action="store_true", help="a few iterations only (a smoke test, not converged)"
+    )
+    demo.add_argument("--output", metavar="DIR", help="also write the results (.hspy) and PNG summaries here")
+    demo.add_argument("--overwrite", action="store_true", help="replace existing files in DIR")
+    demo.add_argument("--device", default="cpu", help="torch device")
+    demo.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    return parser
+
+
+# ---------------------------------------------------------------------------
+# reconstruct
+
+
+def _output_paths(args) -> tuple[Path, Path | None]:
+    src = Path(args.file)
+    if args.output:
+        out = Path(args.output)
+    else:
+        stem = src.name[: -len(src.suffix)] if src.suffix else src.name
+        out = src.with_name(f"{stem}_{args.mode}.hspy")
+    if out.suffix.lower() not in RESULT_EXTENSIONS:
+        raise CLIError(
+            f"-o {out}: the result is written as .hspy (HDF5) or .zspy (zarr); give one of these extensions."
+        )
+    summary = None if args.no_summary else Path(args.summary) if args.summary else out.with_suffix(".png")
+    for path in (out, summary):
+        if path is not None and path.exists() and not args.overwrite:
+            raise CLIError(
+                f"{path} exists; choose another path with -o/--summary, or pass --overwrite to replace it."
+            )
+    if out.resolve() == src.resolve():
+        raise CLIError(f"-o {out} is the input file; choose another output path.")
+    if not out.parent.exists():
+        raise CLIError(f"The output folder {out.parent} does not exist; create it first.")
+    if args.checkpoint:
+        ck = Path(args.checkpoint)
+        resuming_same = args.resume and Path(args.resume).resolve() == ck.resolve()
+        if ck.exists() and not args.overwrite and not resuming_same:
+            raise CLIError(f"Checkpoint {ck} exists; resume from it with --resume {ck}, or pass --overwrite.")
+    if args.resume and not Path(args.resume).exists():
+        raise CLIError(f"--resume {args.resume}: no such file.")
+    return out, summary
+
+
+def _calibration(args) -> dict:
+    """The calibration flags as ``set_experimental_parameters`` arguments, checked before any loading."""
+    cal = {}
+    if args.beam_energy is not None:
+        cal["beam_energy"] = parse_energy(args.beam_energy, "--beam-energy")
+    if args.convergence_angle is not None:
+        angle = parse_angle(args.convergence_angle, "--convergence-angle")
+        if not 0 < angle < 200:
+            raise CLIError(f"--convergence-angle {args.convergence_angle!r} must be between 0 and 200 mrad.")
+        cal["convergence_angle"] = angle
+    if args.scan_step is not None:
+        step = parse_length(args.scan_step, "--scan-step")
+        if step <= 0:
+            raise CLIError(f"--scan-step {args.scan_step!r} must be positive.")
+        cal["scan_step"] = step
+    if args.detector_sampling is not None:
+        value, units = parse_detector_sampling(args.detector_sampling, "--detector-sampling")
+        if value <= 0:
+            raise CLIError(f"--detector-sampling {args.detector_sampling!r} must be positive.")
+        cal["detector_sampling"] = f"{value!r} {units}"
+    return cal
+
+
+def _reconstruct_kwargs(args) -> dict:
+    """The ``ptycho_app`` options given on the command line (others keep their defaults)."""
+    kwargs = {"show_progressbar": not args.quiet}
+    for name in ("mode", "num_slices", "iterations", "batch_size", "probe_modes", "device", "seed"):
+        value = getattr(args, name)
+        if value is None:
+            continue
+        if name in ("num_slices", "iterations", "batch_size", "probe_modes") and value < (
+            0 if name == "iterations" else 1
+        ):
+            flag = "--" + name.replace("_", "-")
+            raise CLIError(
+                f"{flag} must be a {'non-negative' if name == 'iterations' else 'positive'} integer, got {value}."
+            )
+        kwargs[name] = value
+    if args.thickness is not None:
+        if args.resume:
+            raise CLIError("--thickness sets the start of a new run; leave it out with --resume.")
+        num_slices = args.num_slices or SolverConfig().num_slices
+        kwargs["slice_thickness"] = parse_length(args.thickness, "--thickness") / num_slices
+    elif args.slice_thickness is not None:
+        kwargs["slice_thickness"] = parse_length(args.slice_thickness, "--slice-thickness")
+    if kwargs.get("slice_thickness", 1.0) <= 0:
+        raise CLIError("The slice thickness must be positive.")
+    if args.tilt is not None:
+        kwargs["tilt"] = parse_tilt(args.tilt)
+    if args.defocus is not None:
+        kwargs["defocus"] = parse_length(args.defocus, "--defocus")
+    if args.checkpoint:
+        kwargs["checkpoint"] = args.checkpoint
+    if args.resume:
+        kwargs["resume"] = args.resume
+    return kwargs
+
+
+_FLAG_HINTS = (
+    ("beam energy", '--beam-energy "300 kV"'),
+    ("convergence", '--convergence-angle "22 mrad"'),
+    ("scan step", '--scan-step "0.39 Å"'),
+    ("detector sampling", '--detector-sampling "1 mrad" (or "0.0508 1/Å")'),
+)
+
+
+def _calibration_hint(message: str) -> str:
+    flags = [flag for key, flag in _FLAG_HINTS if key in message]
+    if not flags:
+        return "Give the calibration with --beam-energy, --convergence-angle, --scan-step, --detector-sampling."
+    return "On the command line, give the missing calibration as flags, e.g.: " + " ".join(flags)
+
+
+def _check_device(device: str) -> None:
+    import torch
+
+    name = str(device)
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise CLIError(
+            f"--device {name}: torch finds no CUDA GPU (torch {torch.__version__}, CPU build or no driver). "
+            "Install a CUDA build of torch (see README, 'Running on a GPU') or use --device cpu."
+        )
+    if name == "mps" and not (hasattr(torch.backends, "mps") and torch.backends.mps.is_available()):
+        raise CLIError("--device mps: the Apple GPU backend is not available; use --device cpu.")
+
+
+def _run_reconstruct(args) -> int:
+    from .load import LoadError, load_4dstem
+    from .units import UncalibratedError
+
+    out, summary = _output_paths(args)
+    calibration = _calibration(args)
+    kwargs = _reconstruct_kwargs(args)
+    if args.device:
+        _check_device(args.device)
+    try:
+        signal = load_4dstem(args.file, scan_shape=args.scan_shape, index=args.signal_index)
+    except LoadError as error:
+        raise CLIError(str(error)) from error
+    try:
+        signal.set_signal_type("ptychography")
+    except Exception as error:  # noqa: BLE001
+        raise CLIError(f"Could not make the data a 'ptychography' signal: {error}") from error
+    method = getattr(signal, "ptycho_app", None)
+    if method is None:
+        raise CLIError(
+            "The 'ptychography' signal type is not registered with HyperSpy (is app_extension installed? "
+            "Try 'pip install -e .' in the repository)."
+        )
+    if calibration:
+        signal.set_experimental_parameters(**calibration)
+    shape = signal.data.shape
+    what = [kwargs.get("mode", "app").upper()]
+    if "num_slices" in kwargs:
+        what.append(f"{kwargs['num_slices']} slices")
+    if "iterations" in kwargs:
+        what.append(f"{kwargs['iterations']} iterations")
+    print(
+        f"{PROG}: {args.file}: scan {shape[0]} x {shape[1]}, patterns {shape[2]} x {shape[3]}; "
+        + ", ".join(what)
+        + (f", resuming {args.resume}" if args.resume else ""),
+        file=sys.stderr,
+    )
+    t0 = time.perf_counter()
+    try:
+        result = method(**kwargs)
+    except UncalibratedError as error:
+        raise CLIError(f"{error}\n{_calibration_hint(str(error))}") from error
+    elapsed = time.perf_counter() - t0
+    node = result.metadata.Signal.Ptychography
+    result.save(out, overwrite=True)
+    if summary is not None:
+        from .report import save_summary
+
+        save_summary(result, summary)
+    status = str(node.get_item("status", "ok"))
+    print(f"{PROG}: {status} after {int(node.iterations)} iterations in total ({elapsed:.1f} s this run)")
+    print(f"  tilt (theta_x, theta_y): ({node.tilt_x:.2f}, {node.tilt_y:.2f}) mrad")
+    if node.has_item("Post_alignment"):
+        pa = node.Post_alignment
+        print(f"  FPP post-alignment tilt: ({pa.tilt_x:.2f}, {pa.tilt_y:.2f}) mrad")
+    print(
+        f"  slice thickness: {node.slice_thickness:.2f} Å x {int(node.num_slices)} = {node.thickness / 10:.2f} nm"
+    )
+    print(f"  result: {out}")
+    if summary is not None:
+        print(f"  summary: {summary}")
+    if status == "interrupted":
+        print(f"{PROG}: interrupted; the result so far was written.", file=sys.stderr)
+        return 130
+    if status == "diverged":
+        print(
+            f"{PROG}: the loss became non-finite; the last good state was written. Try a smaller --batch-size "
+            "or check the calibration.",
+            file=sys.stderr,
+        )
+        return 1
+    return 0
+
+
+# ---------------------------------------------------------------------------
+# demo
+
+
+def _run_demo(args) -> int:
+    from .demo import DEMO_ITERATIONS, QUICK_ITERATIONS, format_demo, run_demo
+
+    iterations = args.iterations or (QUICK_ITERATIONS if args.quick else DEMO_ITERATIONS)
+    _check_device(args.device)
+    outdir = Path(args.output) if args.output else None
+    if outdir is not None:
+        outdir.mkdir(parents=True, exist_ok=True)
+        existing = [p for p in outdir.glob("demo_*") if p.suffix in (".hspy", ".png")]
+        if existing and not args.overwrite:
+            raise CLIError(f"{outdir} already holds demo results ({existing[0].name}); pass --overwrite.")
+    print(
+        f"{PROG} demo: simulating a tilted SrTiO3 crystal and reconstructing it with APP and FPP ...",
+        file=sys.stderr,
+    )
+    numbers = run_demo(
+        iterations=iterations, device=args.device, show_progressbar=not args.quiet, output_dir=outdir
+    )
+    print(format_demo(numbers))
+    return 0
+
+
+# ---------------------------------------------------------------------------
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run ``app-ptycho`` with ``argv`` (default: ``sys.argv[1:]``); returns the exit status."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        if args.command == "reconstruct":
+            return _run_reconstruct(args)
+        return _run_demo(args)
+    except CLIError as error:
+        if args.debug:
+            raise
+        print(f"{PROG}: error: {error}", file=sys.stderr)
+        return 1
+    except (ValueError, TypeError, OSError, RuntimeError) as error:
+        if args.debug:
+            raise
+        print(f"{PROG}: error: {type(error).__name__}: {error}", file=sys.stderr)
+        print(f"{PROG}: (run with --debug for the full traceback)", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print(f"{PROG}: interrupted.", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,146 @@
+"""A one-page PNG summary of a reconstruction result.
+
+:func:`summary_figure` draws, from a result signal (as returned by
+``s.ptycho_app()`` or read back from .hspy/.zspy): the phase averaged over the
+slices (for FPP, the post-aligned average), the probe intensity, and the tilt
+and slice thickness against iteration. It uses a bare matplotlib ``Figure``,
+so it works without a display and never opens a window.
+"""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+
+__all__ = ["summary_figure", "save_summary", "averaged_phase"]
+
+_NODE = "Signal.Ptychography"
+
+
+def averaged_phase(result) -> np.ndarray:
+    """Phase (rad) averaged over the slices; for FPP the average after post-alignment."""
+    node = result.metadata.get_item(_NODE) if result.metadata.has_item(_NODE) else None
+    if node is not None and node.has_item("Post_alignment.mean_phase"):
+        mean = node.get_item("Post_alignment.mean_phase")
+        return np.asarray(getattr(mean, "data", mean), dtype=np.float64)
+    data = np.asarray(result.data)
+    phase = np.angle(data)
+    return phase.mean(axis=0) if phase.ndim == 3 else phase
+
+
+def _history(node) -> dict:
+    """History as a dict of arrays, from the history signal or a plain dict."""
+    if node is None or not node.has_item("history"):
+        return {}
+    history = node.history
+    if hasattr(history, "data") and history.metadata.has_item("Signal.quantities"):
+        keys = list(history.metadata.Signal.quantities)
+        n = (
+            int(history.metadata.Signal.iterations)
+            if history.metadata.has_item("Signal.iterations")
+            else None
+        )
+        return {k: np.asarray(history.data[i, :n], dtype=np.float64) for i, k in enumerate(keys)}
+    if hasattr(history, "as_dictionary"):
+        history = history.as_dictionary()
+    return {k: np.asarray(v, dtype=np.float64) for k, v in dict(history).items()}
+
+
+def _extent(signal_axes) -> list[float] | None:
+    try:
+        x, y = signal_axes[0], signal_axes[1]
+    except (IndexError, TypeError):
+        return None
+    return [x.low_value, x.high_value, y.high_value, y.low_value]
+
+
+def summary_figure(result, truth: dict | None = None):
+    """A matplotlib Figure summarising a result signal.
+
+    Parameters
+    ----------
+    result
+        The complex object signal with ``metadata.Signal.Ptychography``.
+    truth
+        Optional known values (``tilt_x``, ``tilt_y`` in mrad,
+        ``slice_thickness`` in Å) drawn as dashed lines, e.g. for simulations.
+    """
+    from matplotlib.figure import Figure
+
+    node = result.metadata.get_item(_NODE) if result.metadata.has_item(_NODE) else None
+    fig = Figure(figsize=(11, 8.5), layout="constrained")
+    axes = fig.subplots(2, 2)
+    method = str(node.method) if node is not None and node.has_item("method") else "Ptychography"
+
+    ax = axes[0, 0]
+    phase = averaged_phase(result)
+    extent = _extent(result.axes_manager.signal_axes)
+    image = ax.imshow(phase, cmap="gray", extent=extent)
+    fig.colorbar(image, ax=ax, label="phase (rad)")
+    label = "post-aligned average" if node is not None and node.has_item("Post_alignment") else "average"
+    ax.set_title(f"{method}: phase, {label} over slices")
+    ax.set_xlabel("x (Å)")
+    ax.set_ylabel("y (Å)")
+
+    ax = axes[0, 1]
+    if node is not None and node.has_item("probe"):
+        probe = node.probe
+        data = np.asarray(getattr(probe, "data", probe))
+        intensity = (np.abs(data) ** 2).reshape(-1, *data.shape[-2:]).sum(axis=0)
+        p_extent = _extent(probe.axes_manager.signal_axes) if hasattr(probe, "axes_manager") else None
+        image = ax.imshow(intensity, cmap="magma", extent=p_extent)
+        fig.colorbar(image, ax=ax, label="intensity")
+        modes = data.shape[0] if data.ndim == 3 else 1
+        ax.set_title(f"probe intensity ({modes} mode{'s' if modes > 1 else ''} summed)")
+        ax.set_xlabel("x (Å)")
+        ax.set_ylabel("y (Å)")
+    else:
+        ax.set_axis_off()
+
+    history = _history(node)
+    truth = truth or {}
+    ax = axes[1, 0]
+    for key, colour in (("tilt_x", "C0"), ("tilt_y", "C1")):
+        if key in history and history[key].size:
+            its = np.arange(1, history[key].size + 1)
+            ax.plot(its, history[key], "o-", ms=3, color=colour, label=key.replace("_", " "))
+        if key in truth:
+            ax.axhline(truth[key], color=colour, ls="--", lw=1, label=f"true {key.replace('_', ' ')}")
+    if node is not None and node.has_item("Post_alignment"):
+        pa = node.Post_alignment
+        tx = float(pa.get_item("total_tilt_x", pa.tilt_x))
+        ty = float(pa.get_item("total_tilt_y", pa.tilt_y))
+        last = len(history.get("tilt_x", [])) or 1
+        ax.plot([last], [tx], "s", color="C0", ms=8, mfc="none", label=f"FPP post-alignment x: {tx:.2f} mrad")
+        ax.plot([last], [ty], "s", color="C1", ms=8, mfc="none", label=f"FPP post-alignment y: {ty:.2f} mrad")
+    ax.set_xlabel("iteration")
+    ax.set_ylabel("tilt (mrad)")
+    ax.set_title("propagator tilt")
+    ax.legend(fontsize=8)
+
+    ax = axes[1, 1]
+    if "slice_thickness" in history and history["slice_thickness"].size:
+        dz = history["slice_thickness"]
+        its = np.arange(1, dz.size + 1)
+        ax.plot(its, dz, "o-", ms=3, color="C2", label="slice thickness dz")
+        if "slice_thickness" in truth:
+            ax.axhline(truth["slice_thickness"], color="C2", ls="--", lw=1, label="true dz")
+        if node is not None and node.has_item("num_slices"):
+            ax.plot(
+                [],
+                [],
+                " ",
+                label=f"{int(node.num_slices)} slices, total {dz[-1] * int(node.num_slices) / 10:.2f} nm",
+            )
+        ax.legend(fontsize=8)
+    ax.set_xlabel("iteration")
+    ax.set_ylabel("dz (Å)")
+    ax.set_title("slice thickness")
+    return fig
+
+
+def save_summary(result, path: str | os.PathLike, truth: dict | None = None, dpi: int = 100) -> None:
+    """Write :func:`summary_figure` to ``path`` (PNG)."""
+    fig = summary_figure(result, truth=truth)
+    fig.savefig(os.fspath(path), dpi=dpi)
