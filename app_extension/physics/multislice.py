@@ -174,7 +174,7 @@ class _MultisliceIntensity(torch.autograd.Function):
         h_conj = h.conj().resolve_conj()
         grad_obj = torch.zeros((n_slices, ctx.obj_shape[1] * ctx.obj_shape[2]), dtype=far.dtype, device=far.device) if need_obj else None
         grad_prop = torch.zeros_like(prop) if need_prop else None
-        g = _ifft2(far.mul_(2 * grad_intensity[:, None]))
+        g = _ifft2(far * (2 * grad_intensity[:, None]))  # not in place: far is saved (double backward)
         for s in range(n_slices - 1, -1, -1):
             t_conj = patches[s].conj().resolve_conj()
             if need_obj:
