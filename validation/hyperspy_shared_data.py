@@ -43,39 +43,15 @@ def load_signal(path: Path, lazy: bool = True):
     step = float(attrs["scan_step_A"])
     dk = float(attrs["reciprocal_pixel_A-1"])
     centre = np.asarray(attrs["optic_axis_pixel"], dtype=float)  # (ky, kx)
+    specs = (  # name, units, scale, offset, navigate; in array order
+        ("scan_y", "Å", step, 0.0, True),
+        ("scan_x", "Å", step, 0.0, True),
+        ("ky", "1 / Å", dk, -centre[0] * dk, False),
+        ("kx", "1 / Å", dk, -centre[1] * dk, False),
+    )
     axes = [
-        {
-            "name": "scan_y",
-            "units": "Å",
-            "scale": step,
-            "offset": 0.0,
-            "size": data.shape[0],
-            "navigate": True,
-        },
-        {
-            "name": "scan_x",
-            "units": "Å",
-            "scale": step,
-            "offset": 0.0,
-            "size": data.shape[1],
-            "navigate": True,
-        },
-        {
-            "name": "ky",
-            "units": "1 / Å",
-            "scale": dk,
-            "offset": -centre[0] * dk,
-            "size": data.shape[2],
-            "navigate": False,
-        },
-        {
-            "name": "kx",
-            "units": "1 / Å",
-            "scale": dk,
-            "offset": -centre[1] * dk,
-            "size": data.shape[3],
-            "navigate": False,
-        },
+        {"name": name, "units": units, "scale": scale, "offset": offset, "size": size, "navigate": navigate}
+        for (name, units, scale, offset, navigate), size in zip(specs, data.shape, strict=True)
     ]
     metadata = {
         "General": {"title": path.stem},
