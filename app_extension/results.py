@@ -20,6 +20,9 @@ continued.
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 import numpy as np
 from hyperspy.misc.utils import DictionaryTreeBrowser
 from hyperspy.signals import BaseSignal, ComplexSignal2D, Signal1D, Signal2D
@@ -34,8 +37,10 @@ __all__ = [
     "history_to_signal",
     "post_alignment_to_metadata",
     "signal_to_state",
-    "config_from_signal",
-    "geometry_from_signal",
+    "config_from_result",
+    "config_from_dict",
+    "load_resume",
+    "geometry_from_result",
     "RESULT_NODE",
     "HISTORY_UNITS",
 ]
@@ -321,16 +326,18 @@ def _result_node(signal: BaseSignal) -> DictionaryTreeBrowser:
     return signal.metadata.get_item(RESULT_NODE)
 
 
-def config_from_signal(signal: BaseSignal) -> SolverConfig:
-    """The :class:`SolverConfig` stored in a result signal's metadata."""
-    params = _result_node(signal).Parameters.as_dictionary()
+def config_from_dict(params: dict) -> SolverConfig:
+    """A :class:`SolverConfig` from a stored parameter dictionary (unknown keys ignored).
+
+    Values read back from HDF5/zarr (numpy scalars, arrays, 0 for "no
+    padding") get the field's Python type.
+    """
     fields = SolverConfig.__dataclass_fields__
     kwargs = {}
     for key, value in params.items():
         if key not in fields:
             continue
         default = fields[key].default
-        # Values come back from HDF5/zarr as numpy scalars; give them the field's Python type.
         if isinstance(default, bool):
             value = bool(value)
         elif isinstance(default, int | float | str) and value is not None:
@@ -341,6 +348,43 @@ def config_from_signal(signal: BaseSignal) -> SolverConfig:
     if "tilt" in kwargs:
         kwargs["tilt"] = tuple(float(t) for t in np.ravel(kwargs["tilt"]))
     return SolverConfig(**kwargs)
+
+
+def config_from_result(signal: BaseSignal) -> SolverConfig:
+    """The :class:`SolverConfig` stored in a result signal's metadata."""
+    return config_from_dict(_result_node(signal).Parameters.as_dictionary())
+
+
+def load_resume(source) -> tuple[ReconstructionState, SolverConfig | None, dict | None]:
+    """What a continued run starts from: (state, previous config, previous geometry dict).
+
+    Parameters
+    ----------
+    source
+        A result signal (from :func:`state_to_signal`), a .hspy/.zspy file
+        holding one, a checkpoint file written by ``reconstruct(checkpoint=)``,
+        or a :class:`ReconstructionState` (config and geometry then ``None``).
+    """
+    if isinstance(source, ReconstructionState):
+        return source.clone(), None, None
+    if isinstance(source, str | os.PathLike):
+        path = Path(source)
+        if not path.exists():
+            raise FileNotFoundError(f"resume={str(source)!r}: no such file.")
+        if path.suffix.lower() not in (".hspy", ".zspy", ".hdf5"):
+            state, extra = ReconstructionState.load(path, with_extra=True)
+            config = extra.get("config")
+            return state, (config_from_dict(config) if config else None), extra.get("geometry")
+        import hyperspy.api as hs
+
+        source = hs.load(path)
+    if isinstance(source, BaseSignal):
+        geometry = _result_node(source).Geometry.as_dictionary()
+        return signal_to_state(source), config_from_result(source), geometry
+    raise TypeError(
+        "resume must be a result of ptycho_app, a file it was saved to (.hspy/.zspy), a checkpoint "
+        f"file written with checkpoint=, or a ReconstructionState; got {type(source).__name__}."
+    )
 
 
 def signal_to_state(signal: BaseSignal) -> ReconstructionState:
@@ -385,7 +429,7 @@ def signal_to_state(signal: BaseSignal) -> ReconstructionState:
     return state
 
 
-def geometry_from_signal(signal: BaseSignal) -> Geometry:
+def geometry_from_result(signal: BaseSignal) -> Geometry:
     """The :class:`Geometry` stored in a result signal's metadata."""
     g = _result_node(signal).Geometry
     return Geometry(

@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from app_extension.results import (
-    config_from_signal,
-    geometry_from_signal,
+    config_from_result,
+    geometry_from_result,
     history_to_signal,
     probe_to_signal,
     signal_to_state,
@@ -162,9 +162,9 @@ def test_save_load_and_back_to_state(tmp_path, runs, small_dataset, mode, extens
     )
     assert back.iteration == state.iteration
     np.testing.assert_allclose(back.history["loss"], state.history["loss"])
-    assert config_from_signal(loaded) == config
+    assert config_from_result(loaded) == config
     np.testing.assert_allclose(
-        geometry_from_signal(loaded).scan_positions, small_dataset.geometry.scan_positions
+        geometry_from_result(loaded).scan_positions, small_dataset.geometry.scan_positions
     )
 
 

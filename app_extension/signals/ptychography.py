@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import os
 import warnings
-from pathlib import Path
 
 import numpy as np
 from hyperspy._signals.lazy_signal2d import LazySignal2D
@@ -57,45 +56,6 @@ def _tilt_pair(tilt) -> tuple[float, float]:
             f"tilt must be a pair (theta_x, theta_y), each in mrad or a string such as '3 mrad'; got {tilt!r}."
         )
     return (to_magnitude(tilt[0], "mrad", "tilt[0]"), to_magnitude(tilt[1], "mrad", "tilt[1]"))
-
-
-def _load_resume(resume):
-    """(state, config or None, geometry dict or None) from a result signal, a file or a state."""
-    from ..results import config_from_signal, signal_to_state
-    from ..solver.config import SolverConfig
-    from ..solver.state import ReconstructionState
-
-    if isinstance(resume, ReconstructionState):
-        return resume.clone(), None, None
-    if isinstance(resume, str | os.PathLike):
-        path = Path(resume)
-        if not path.exists():
-            raise FileNotFoundError(f"resume={str(resume)!r}: no such file.")
-        if path.suffix.lower() in (".hspy", ".zspy", ".hdf5", ".h5"):
-            import hyperspy.api as hs
-
-            resume = hs.load(path)
-        else:
-            state, extra = ReconstructionState.load(path, with_extra=True)
-            config = extra.get("config")
-            if config is not None:
-                config = dict(config)
-                config["tilt"] = tuple(config.get("tilt", (0.0, 0.0)))
-                config = SolverConfig(
-                    **{k: v for k, v in config.items() if k in SolverConfig.__dataclass_fields__}
-                )
-            return state, config, extra.get("geometry")
-    if hasattr(resume, "metadata"):
-        geometry = resume.metadata.get_item("Signal.Ptychography.Geometry")
-        return (
-            signal_to_state(resume),
-            config_from_signal(resume),
-            (geometry.as_dictionary() if geometry else None),
-        )
-    raise TypeError(
-        "resume must be a result of ptycho_app, a file it was saved to (.hspy/.zspy), a checkpoint "
-        f"file written with checkpoint=, or a ReconstructionState; got {type(resume).__name__}."
-    )
 
 
 class AppPtychography2D(Signal2D):
@@ -281,11 +241,11 @@ class AppPtychography2D(Signal2D):
         >>> obj.phase.plot()
         """
         given = dict(locals())
-        from ..results import state_to_signal
+        from ..results import load_resume, state_to_signal
         from ..solver.config import SolverConfig
         from ..solver.engine import reconstruct
 
-        state, base_config, base_geometry = (None, None, None) if resume is None else _load_resume(resume)
+        state, base_config, base_geometry = (None, None, None) if resume is None else load_resume(resume)
         if defocus is None:
             defocus = float(base_geometry["defocus"]) if base_geometry else 0.0
         # Everything is checked before the data are touched.
