@@ -4,8 +4,14 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 
+from app_extension.physics.multislice import forward
+from app_extension.physics.optics import fourier_grid
+from app_extension.physics.propagator import propagator
 from app_extension.solver.alignment import fit_drift, fourier_shift, post_align, register_shift, slice_shifts
+from app_extension.solver.config import Geometry, SolverConfig
+from app_extension.solver.engine import _drift_step, initial_state
 
 
 def smooth_random_image(shape=(64, 64), width_px=2.5, seed=0) -> np.ndarray:
@@ -81,3 +87,53 @@ def test_slice_shifts_with_roi():
     slices = sheared_slices((0.5, -0.3), num_slices=3)
     shifts = slice_shifts(slices, roi=(slice(8, 56), slice(10, 54)))
     np.testing.assert_allclose(shifts, [[0, 0], [0.5, -0.3], [1.0, -0.6]], atol=0.05)
+
+
+# ---------------------------------------------------------------------------
+# The APP drift step: the slices' drift with depth is moved into the tilt, a
+# change of variables that leaves the modelled patterns unchanged.
+# ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("tilt_map", [False, True], ids=["global", "tilt-map"])
+@pytest.mark.parametrize("drift", [(-0.3, 0.5), (0.25, -0.6)])
+def test_drift_step_moves_slice_drift_into_tilt(drift, tilt_map):
+    n, dz, tilt0 = 32, 30.0, np.array([1.0, 2.0])
+    geometry = Geometry(
+        energy=300e3,
+        semiangle=18.0,
+        reciprocal_sampling=1 / (n * 0.4),
+        scan_positions=Geometry.raster((12, 12), 0.8),
+    )
+    config = SolverConfig(num_slices=3, slice_thickness=dz, tilt=tuple(tilt0), tilt_map=tilt_map)
+    state = initial_state(geometry, config, n, 1.0, "cpu")
+    num_slices, height, width = state.phase.shape
+    # a compact probe, so that no wave reaches the window's edges (where the
+    # periodic window would break the identity)
+    y, x = np.mgrid[:n, :n] - n // 2
+    image = 0.5 * smooth_random_image((height, width), width_px=2.0, seed=4)
+    drifted = fourier_shift(
+        np.repeat(image[None], num_slices, axis=0), np.arange(num_slices)[:, None] * drift
+    )
+    with torch.no_grad():
+        state.probe.copy_(torch.as_tensor(np.exp(-(x**2 + y**2) / (2 * 2.5**2)))[None])
+        state.phase.copy_(torch.as_tensor(drifted))
+    ky, kx = fourier_grid((n, n), state.sampling)
+
+    def patterns():
+        tilt = state.tilt[0] if state.tilt.shape[0] == 1 else state.tilt
+        prop = propagator(ky, kx, state.wavelength, state.slice_thickness, tilt)
+        return forward(state.probe, state.phase, state.amplitude, state.positions_px, prop).numpy()
+
+    before = patterns()
+    change = _drift_step(state, n)
+    after = patterns()
+    # drift towards +x with depth is a tilt towards +theta_x
+    want = np.arctan(np.tan(tilt0 * 1e-3) + np.array(drift[::-1]) * state.sampling / dz) * 1e3
+    np.testing.assert_allclose(
+        state.tilt_mrad.reshape(-1, 2), np.broadcast_to(want, (state.tilt.shape[0], 2)), atol=0.4
+    )
+    np.testing.assert_allclose(change, state.tilt_mrad.reshape(-1, 2).mean(axis=0) - tilt0, atol=1e-4)
+    aligned = state.phase.numpy()
+    assert np.abs(aligned - aligned[0]).max() < 0.1 * np.abs(aligned[0]).max()
+    np.testing.assert_allclose(after, before, rtol=0, atol=1e-2 * before.max())
