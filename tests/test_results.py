@@ -9,6 +9,7 @@ from app_extension.results import (
     config_from_result,
     geometry_from_result,
     history_to_signal,
+    load_resume,
     probe_to_signal,
     signal_to_state,
     state_to_signal,
@@ -186,6 +187,23 @@ def test_phase_beyond_pi_survives(runs, small_dataset):
     state.phase += 4.0  # past pi: the complex object alone would wrap it
     back = signal_to_state(state_to_signal(state, config, small_dataset.geometry))
     torch.testing.assert_close(back.phase, state.phase, atol=1e-5, rtol=0)
+
+
+def test_load_resume_sources(tmp_path, runs, small_dataset):
+    state, config = runs["app"]
+    same, no_config, no_geometry = load_resume(state)
+    assert same is not state and no_config is None and no_geometry is None
+    torch.testing.assert_close(same.phase, state.phase)
+    state.save(
+        tmp_path / "run.ckpt",
+        extra={"config": config.to_dict(), "geometry": small_dataset.geometry.to_dict()},
+    )
+    loaded, loaded_config, geometry = load_resume(tmp_path / "run.ckpt")
+    assert loaded_config == config
+    assert geometry["defocus"] == small_dataset.geometry.defocus
+    torch.testing.assert_close(loaded.probe, state.probe)
+    with pytest.raises(TypeError, match="resume must be"):
+        load_resume(3.0)
 
 
 def test_signal_to_state_needs_result():

@@ -187,6 +187,7 @@ def test_result_round_trip_keeps_everything(small_signal, tmp_path):
     for key in ("method", "tilt_x", "tilt_y", "slice_thickness", "thickness", "num_slices", "loss", "status"):
         assert q[key] == pytest.approx(p[key]) if isinstance(p[key], float) else q[key] == p[key]
     assert loaded.axes_manager.navigation_axes[0].scale == pytest.approx(p.slice_thickness)
+    loaded.plot()
     loaded.phase.plot()
     q.history.plot()
     q.probe.amplitude.plot()
