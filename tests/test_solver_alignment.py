@@ -1,4 +1,4 @@
-"""Sub-pixel registration and the FPP post-alignment's tilt estimate."""
+"""Sub-pixel registration, FPP post-alignment and the APP drift step (slice drift -> tilt)."""
 
 from __future__ import annotations
 
