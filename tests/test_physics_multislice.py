@@ -228,7 +228,7 @@ def test_fast_backward_matches_autograd_reference(dtype, num_modes, tilt):
     model, grads, grads_again = gradients(reference=False)
     tol = dict(rtol=1e-9, atol=1e-12) if dtype == torch.float64 else dict(rtol=2e-4, atol=1e-5)
     torch.testing.assert_close(model, model_ref, **tol)
-    for got, again, want in zip(grads, grads_again, grads_ref):
+    for got, again, want in zip(grads, grads_again, grads_ref, strict=True):
         scale = want.abs().max()
         torch.testing.assert_close(got / scale, want / scale, **tol)
         torch.testing.assert_close(again, got, rtol=0, atol=0)
