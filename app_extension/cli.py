@@ -319,7 +319,9 @@ _FLAG_HINTS = (
 def _calibration_hint(message: str) -> str:
     flags = [flag for key, flag in _FLAG_HINTS if key in message]
     if not flags:
-        return "Give the calibration with --beam-energy, --convergence-angle, --scan-step, --detector-sampling."
+        return (
+            "Give the calibration with --beam-energy, --convergence-angle, --scan-step, --detector-sampling."
+        )
     return "On the command line, give the missing calibration as flags, e.g.: " + " ".join(flags)
 
 
@@ -346,7 +348,7 @@ def _run_reconstruct(args) -> int:
     if args.device:
         _check_device(args.device)
     try:
-        signal = load_4dstem(args.file, scan_shape=args.scan_shape, index=args.signal_index)
+        signal = load_4dstem(args.file, scan_shape=args.scan_shape, index=args.signal_index, lazy=True)
     except LoadError as error:
         raise CLIError(str(error)) from error
     try:
