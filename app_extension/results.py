@@ -29,7 +29,7 @@ from hyperspy.signals import BaseSignal, ComplexSignal2D, Signal1D, Signal2D
 
 from .solver.config import Geometry, SolverConfig
 from .solver.state import HISTORY_KEYS, ReconstructionState
-from .units import to_magnitude
+from .units import angstrom_in
 
 __all__ = [
     "state_to_signal",
@@ -68,7 +68,7 @@ def _image_axes(shape: tuple[int, int], sampling: float, origin: tuple[float, fl
 
 
 def _depth_axis(num_slices: int, dz_A: float, depth_units: str) -> dict:
-    factor = to_magnitude("1 Å", depth_units, "depth_units") if depth_units != "Å" else 1.0
+    factor = angstrom_in(depth_units, "depth_units")
     return {
         "name": "z",
         "units": depth_units,

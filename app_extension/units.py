@@ -27,6 +27,7 @@ __all__ = [
     "axis_length_scale",
     "axis_reciprocal_scale",
     "reciprocal_from_angle",
+    "angstrom_in",
 ]
 
 ureg = pint.get_application_registry()
@@ -109,6 +110,14 @@ def to_magnitude(value, unit: str, name: str) -> float:
             f"{name}={value!r} is in {quantity.units}, which cannot be converted "
             f"to {unit}; give e.g. '1 {unit}'."
         ) from error
+
+
+def angstrom_in(unit: str, name: str = "units") -> float:
+    """How many ``unit`` make one Å (e.g. 0.1 for "nm"); ``unit`` must be a length."""
+    parsed = parse_units(unit)
+    if parsed is None or (1 * parsed).dimensionality != ureg.meter.dimensionality:
+        raise ValueError(f"{name} must be a length unit such as 'Å' or 'nm', got {unit!r}.")
+    return float(ureg.Quantity(1, "Å").to(parsed).magnitude)
 
 
 def is_uncalibrated(axis) -> bool:

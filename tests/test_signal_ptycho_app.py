@@ -116,6 +116,8 @@ def test_options_reach_solver(small_signal):
         ({"mode": "dpp"}, ValueError, "mode"),
         ({"num_slices": 0}, ValueError, "num_slices"),
         ({"scan_rotation": "2 nm"}, ValueError, "scan_rotation"),
+        ({"depth_units": "mrad"}, ValueError, "depth_units"),
+        ({"checkpoint": "/no/such/folder/run.ckpt"}, FileNotFoundError, "checkpoint"),
         ({"resume": 42}, TypeError, "resume"),
         ({"resume": "no_such_file.ckpt"}, FileNotFoundError, "no_such_file"),
     ],

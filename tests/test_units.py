@@ -8,6 +8,7 @@ from hyperspy.axes import UniformDataAxis
 
 from app_extension.units import (
     UncalibratedError,
+    angstrom_in,
     axis_length_scale,
     axis_reciprocal_scale,
     is_uncalibrated,
@@ -134,3 +135,14 @@ def test_axis_reciprocal_scale_errors():
 def test_is_uncalibrated():
     assert is_uncalibrated(_axis(1.0, "<undefined>"))
     assert not is_uncalibrated(_axis(1.0, "nm"))
+
+
+@pytest.mark.parametrize(("unit", "expected"), [("Å", 1.0), ("nm", 0.1), ("pm", 100.0), ("A", 1.0)])
+def test_angstrom_in(unit, expected):
+    np.testing.assert_allclose(angstrom_in(unit), expected, rtol=1e-12)
+
+
+@pytest.mark.parametrize("unit", ["mrad", "px", "", "1/nm"])
+def test_angstrom_in_rejects(unit):
+    with pytest.raises(ValueError, match="must be a length unit"):
+        angstrom_in(unit, "depth_units")

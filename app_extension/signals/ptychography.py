@@ -13,13 +13,14 @@ from __future__ import annotations
 
 import os
 import warnings
+from pathlib import Path
 
 import numpy as np
 from hyperspy._signals.lazy_signal2d import LazySignal2D
 from hyperspy._signals.signal2d import Signal2D
 from hyperspy.docstrings.signal import SHOW_PROGRESSBAR_ARG
 
-from ..units import to_magnitude
+from ..units import angstrom_in, to_magnitude
 from .calibration import geometry_from_signal, set_experimental_parameters
 
 __all__ = ["AppPtychography2D", "LazyAppPtychography2D"]
@@ -267,6 +268,9 @@ class AppPtychography2D(Signal2D):
         config = (
             (base_config or SolverConfig()).replace(**options) if options else (base_config or SolverConfig())
         )
+        angstrom_in(depth_units, "depth_units")  # a bad unit fails now, not after the run
+        if checkpoint is not None and not Path(checkpoint).resolve().parent.is_dir():
+            raise FileNotFoundError(f"checkpoint={str(checkpoint)!r}: the folder does not exist.")
         if show_progressbar is None:
             from hyperspy.defaults_parser import preferences
 
