@@ -87,6 +87,16 @@ def parse_energy(text: str, option: str) -> float:
     return value
 
 
+def parse_rotation(text: str, option: str) -> float:
+    """An in-plane rotation in degrees (bare numbers are degrees)."""
+    q = _quantity(text, option)
+    if not hasattr(q, "units") or str(q.units) == "dimensionless":
+        return float(getattr(q, "magnitude", q))
+    if not q.dimensionless:
+        raise CLIError(f"{option} {text!r} is not an angle; give e.g. '{option} \"2 deg\"'.")
+    return float(q.to("deg").magnitude)
+
+
 def parse_detector_sampling(text: str, option: str) -> tuple[float, str]:
     """Detector pixel size: (value, "mrad") for an angle or (value, "1 / Å") for a spatial frequency."""
     q = _quantity(text, option)
@@ -159,6 +169,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     cal.add_argument(
         "--defocus", metavar="L", help='defocus = -C10, positive = underfocus ["20 nm"; default 0]'
+    )
+    cal.add_argument(
+        "--scan-rotation",
+        metavar="R",
+        help='scan rotation, counter-clockwise from the detector x axis ["2 deg"; bare numbers are deg; '
+        "default: the file's, else 0]",
     )
     cal.add_argument(
         "--scan-shape", metavar=("NY", "NX"), nargs=2, type=int, help="reshape a (P, ky, kx) stack"
@@ -301,6 +317,8 @@ def _reconstruct_kwargs(args) -> dict:
         kwargs["tilt"] = parse_tilt(args.tilt)
     if args.defocus is not None:
         kwargs["defocus"] = parse_length(args.defocus, "--defocus")
+    if args.scan_rotation is not None:
+        kwargs["scan_rotation"] = parse_rotation(args.scan_rotation, "--scan-rotation")
     if args.checkpoint:
         kwargs["checkpoint"] = args.checkpoint
     if args.resume:
@@ -363,6 +381,9 @@ def _run_reconstruct(args) -> int:
         )
     if calibration:
         signal.set_experimental_parameters(**calibration)
+    rotation = signal.metadata.get_item("Acquisition_instrument.TEM.scan_rotation")
+    if "scan_rotation" not in kwargs and rotation is not None:
+        kwargs["scan_rotation"] = float(rotation)  # e.g. py4DSTEM's QR rotation, in degrees
     shape = signal.data.shape
     what = [kwargs.get("mode", "app").upper()]
     if "num_slices" in kwargs:

@@ -77,11 +77,12 @@ def load_4dstem(
             f"{path}: for EMPAD data give the .xml file next to the .raw file, not the .raw file."
         )
     errors = []
-    loaded = None
-    try:
-        loaded = hs.load(path, lazy=lazy)
-    except Exception as error:  # noqa: BLE001 - any reader failure is reported below
-        errors.append(f"{type(error).__name__}: {error}")
+    loaded = _load_py4dstem(path, lazy, errors) if _is_emd1(path) else None
+    if loaded is None:
+        try:
+            loaded = hs.load(path, lazy=lazy)
+        except Exception as error:  # noqa: BLE001 - any reader failure is reported below
+            errors.append(f"{type(error).__name__}: {error}")
     if loaded is None and path.suffix.lower() in (".h5", ".hdf5", ".emd"):
         for reader in _H5_READERS:
             try:
@@ -98,6 +99,50 @@ def load_4dstem(
         )
     signal = _pick(loaded, path, index)
     return _as_scan(signal, path, scan_shape)
+
+
+def _is_emd1(path: Path) -> bool:
+    """True for an EMD 1.0 file (what py4DSTEM 0.14 writes)."""
+    if path.suffix.lower() not in (".h5", ".hdf5", ".emd") or not path.is_file():
+        return False
+    import h5py
+
+    try:
+        with h5py.File(path, "r") as f:
+            return f.attrs.get("emd_group_type") == "file" and int(f.attrs.get("version_major", 0)) == 1
+    except (OSError, ValueError, TypeError):
+        return False
+
+
+def _load_py4dstem(path: Path, lazy: bool, errors: list):
+    """A py4DSTEM DataCube file through py4DSTEM itself, keeping its full calibration.
+
+    Returns ``None`` (and lets RosettaSciIO's EMD reader try) when py4DSTEM is
+    not installed or the file holds no single DataCube.
+    """
+    try:
+        from .py4dstem import datacube_to_signal, require_py4dstem
+
+        py4dstem = require_py4dstem()
+    except ImportError:
+        return None
+    try:
+        cube = py4dstem.read(str(path))
+    except Exception as error:  # noqa: BLE001
+        errors.append(f"py4DSTEM.read: {type(error).__name__}: {error}")
+        return None
+    if not isinstance(cube, py4dstem.DataCube):
+        errors.append(f"py4DSTEM.read: the file holds a {type(cube).__name__}, not one DataCube")
+        return None
+    signal = datacube_to_signal(cube, lazy=lazy)
+    if signal.metadata.get_item("Acquisition_instrument.TEM.detector_transposed", False):
+        # py4DSTEM's QR_flip: the detector axes are swapped with respect to the scan.
+        names = [axis.name for axis in signal.axes_manager.signal_axes]
+        signal = signal.swap_axes(2, 3)
+        for axis, name in zip(signal.axes_manager.signal_axes, names, strict=True):
+            axis.name = name
+        signal.metadata.set_item("Acquisition_instrument.TEM.detector_transposed", False)
+    return signal
 
 
 def _load_plain_hdf5(path: Path, errors: list):

@@ -341,3 +341,31 @@ def test_load_py4dstem_file(tmp_path, small_dataset):
     s = load_4dstem(path)
     assert s.axes_manager.navigation_dimension == 2 and s.axes_manager.signal_dimension == 2
     np.testing.assert_array_equal(s.data, small_dataset.data)
+
+
+def test_load_py4dstem_keeps_rotation_and_flip(tmp_path, small_dataset):
+    py4dstem = pytest.importorskip("py4DSTEM")
+    path = tmp_path / "flipped.h5"
+    cube = py4dstem.DataCube(data=small_dataset.data)
+    cube.calibration.set_R_pixel_size(small_dataset.scan_step)
+    cube.calibration.set_R_pixel_units("A")
+    cube.calibration.set_Q_pixel_size(0.05)
+    cube.calibration.set_Q_pixel_units("A^-1")
+    cube.calibration.set_QR_rotation_degrees(12.0)
+    cube.calibration.set_QR_flip(True)
+    py4dstem.save(str(path), cube, mode="o")
+    s = load_4dstem(path)
+    np.testing.assert_array_equal(s.data, np.swapaxes(small_dataset.data, 2, 3))
+    assert s.metadata.Acquisition_instrument.TEM.scan_rotation == pytest.approx(12.0)
+    assert not s.metadata.Acquisition_instrument.TEM.detector_transposed
+    assert s.axes_manager.navigation_axes[0].scale == pytest.approx(small_dataset.scan_step)
+    assert [a.name for a in s.axes_manager.signal_axes] == ["kx", "ky"]
+
+
+def test_scan_rotation_flag_reaches_the_solver(data_file, small_dataset, tmp_path, capsys):
+    out = tmp_path / "rot.hspy"
+    argv = ["reconstruct", data_file, *calibration(small_dataset), "--scan-rotation", "0.5 deg"]
+    argv += ["--num-slices", "1", "--iterations", "1", "-q", "--no-summary", "-o", out]
+    code, _, err = run_cli(argv, capsys)
+    assert code == 0, err
+    assert hs.load(out).metadata.Signal.Ptychography.Parameters.scan_rotation == pytest.approx(0.5)
