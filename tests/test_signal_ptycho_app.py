@@ -119,6 +119,7 @@ def test_options_reach_solver(small_signal):
         ({"depth_units": "mrad"}, ValueError, "depth_units"),
         ({"checkpoint": "/no/such/folder/run.ckpt"}, FileNotFoundError, "checkpoint"),
         ({"resume": 42}, TypeError, "resume"),
+        ({"learning_rate": 0.1}, TypeError, "unknown option"),
         ({"resume": "no_such_file.ckpt"}, FileNotFoundError, "no_such_file"),
     ],
 )
@@ -141,6 +142,25 @@ def test_resume_from_result_and_saved_file(small_signal, tmp_path):
     np.testing.assert_allclose(again.data, more.data, rtol=1e-4, atol=1e-5)
     with pytest.raises(ValueError, match="leave num_slices out"):
         small_signal.ptycho_app(resume=first, num_slices=5, iterations=1)
+
+
+def test_resume_keeps_scan_rotation(small_signal):
+    first = small_signal.ptycho_app(iterations=1, scan_rotation="3 deg", **FAST)
+    more = small_signal.ptycho_app(resume=first, iterations=1, show_progressbar=False)
+    for result in (first, more):
+        p = result.metadata.Signal.Ptychography
+        np.testing.assert_allclose(p.Parameters.scan_rotation, 3.0)
+    np.testing.assert_allclose(
+        more.metadata.Signal.Ptychography.Geometry.scan_positions,
+        first.metadata.Signal.Ptychography.Geometry.scan_positions,
+    )
+
+
+def test_extra_solver_options(small_signal):
+    result = small_signal.ptycho_app(iterations=1, start_dz=5, max_amplitude=0.9, **FAST)
+    p = result.metadata.Signal.Ptychography.Parameters
+    assert p.start_dz == 5
+    np.testing.assert_allclose(p.max_amplitude, 0.9)
 
 
 def test_checkpoint_and_resume(small_signal, tmp_path):

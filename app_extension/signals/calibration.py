@@ -29,7 +29,13 @@ from ..units import (
     ureg,
 )
 
-__all__ = ["geometry_from_signal", "set_experimental_parameters", "beam_wavelength", "TEM_NODE"]
+__all__ = [
+    "geometry_from_signal",
+    "set_experimental_parameters",
+    "beam_wavelength",
+    "raster_rotation",
+    "TEM_NODE",
+]
 
 _log = logging.getLogger(__name__)
 
@@ -179,6 +185,15 @@ def geometry_from_signal(
         defocus=to_magnitude(defocus, "Å", "defocus"),
         aberrations=coefficients,
     )
+
+
+def raster_rotation(positions: np.ndarray) -> float:
+    """Scan rotation in degrees of a raster from :meth:`Geometry.raster` (fast axis first step)."""
+    positions = np.asarray(positions, dtype=np.float64)
+    if positions.shape[0] < 2:
+        return 0.0
+    dy, dx = positions[1] - positions[0]
+    return float(np.degrees(np.arctan2(dy, dx)))
 
 
 def _warn_off_centre(signal) -> None:

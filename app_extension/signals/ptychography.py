@@ -21,7 +21,7 @@ from hyperspy._signals.signal2d import Signal2D
 from hyperspy.docstrings.signal import SHOW_PROGRESSBAR_ARG
 
 from ..units import angstrom_in, to_magnitude
-from .calibration import geometry_from_signal, set_experimental_parameters
+from .calibration import geometry_from_signal, raster_rotation, set_experimental_parameters
 
 __all__ = ["AppPtychography2D", "LazyAppPtychography2D"]
 
@@ -121,7 +121,7 @@ class AppPtychography2D(Signal2D):
         seed: int | None = None,
         show_progressbar: bool | None = None,
         *,
-        scan_rotation: float | str = 0.0,
+        scan_rotation: float | str | None = None,
         aberrations: dict | None = None,
         tilt_map: bool | None = None,
         loss: str | None = None,
@@ -142,6 +142,7 @@ class AppPtychography2D(Signal2D):
         checkpoint_every: int = 5,
         callback=None,
         depth_units: str = "Å",
+        **solver_options,
     ):
         """Multislice ptychography with an adaptive propagator (APP) or a fixed one (FPP).
 
@@ -183,7 +184,8 @@ class AppPtychography2D(Signal2D):
         %s
         scan_rotation
             Scan rotation in degrees (counter-clockwise from the detector x
-            axis), or a string ("35 mrad").
+            axis), or a string ("35 mrad"). Default 0, or with ``resume`` the
+            previous run's scan positions.
         aberrations
             Further aberrations, e.g. ``{"C30": "1.2 mm"}`` (numbers in Å).
         tilt_map
@@ -215,6 +217,9 @@ class AppPtychography2D(Signal2D):
             Called with the solver state after every iteration.
         depth_units
             Units of the result's depth axis ("Å" or "nm").
+        **solver_options
+            Any other :class:`~app_extension.solver.config.SolverConfig`
+            option, by name.
 
         Returns
         -------
@@ -247,13 +252,29 @@ class AppPtychography2D(Signal2D):
         from ..solver.engine import reconstruct
 
         state, base_config, base_geometry = (None, None, None) if resume is None else load_resume(resume)
+        base_geometry = base_geometry or {}
         if defocus is None:
-            defocus = float(base_geometry["defocus"]) if base_geometry else 0.0
+            defocus = float(base_geometry.get("defocus", 0.0))
+        if aberrations is None:
+            aberrations = dict(base_geometry.get("aberrations", {}))
         # Everything is checked before the data are touched.
         geometry = geometry_from_signal(
-            self, defocus=defocus, scan_rotation=scan_rotation, aberrations=aberrations
+            self, defocus=defocus, scan_rotation=scan_rotation or 0.0, aberrations=aberrations
         )
+        rotation = to_magnitude(scan_rotation or 0.0, "deg", "scan_rotation")
+        if scan_rotation is None and "scan_positions" in base_geometry:
+            previous = np.asarray(base_geometry["scan_positions"], dtype=np.float64)
+            if previous.shape == geometry.scan_positions.shape:
+                geometry.scan_positions = previous  # continue on the previous run's scan
+                rotation = raster_rotation(previous)
+        unknown = sorted(set(solver_options) - set(SolverConfig.__dataclass_fields__))
+        if unknown:
+            raise TypeError(
+                f"ptycho_app got unknown option(s) {unknown}; the solver's options are "
+                f"{sorted(SolverConfig.__dataclass_fields__)}."
+            )
         options = {name: given[name] for name in _PLAIN_OPTIONS if given[name] is not None}
+        options.update(solver_options)
         if slice_thickness is not None:
             options["slice_thickness"] = to_magnitude(slice_thickness, "Å", "slice_thickness")
         if tilt is not None:
@@ -265,9 +286,7 @@ class AppPtychography2D(Signal2D):
                     "leave num_slices out when resuming."
                 )
             options["num_slices"] = state.num_slices
-        config = (
-            (base_config or SolverConfig()).replace(**options) if options else (base_config or SolverConfig())
-        )
+        config = (base_config or SolverConfig()).replace(**options)
         angstrom_in(depth_units, "depth_units")  # a bad unit fails now, not after the run
         if checkpoint is not None and not Path(checkpoint).resolve().parent.is_dir():
             raise FileNotFoundError(f"checkpoint={str(checkpoint)!r}: the folder does not exist.")
@@ -293,7 +312,6 @@ class AppPtychography2D(Signal2D):
                 UserWarning,
                 stacklevel=2,
             )
-        rotation = to_magnitude(scan_rotation, "deg", "scan_rotation")
         title = self.metadata.General.title
         return state_to_signal(
             result,
