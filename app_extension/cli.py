@@ -61,14 +61,14 @@ def parse_length(text: str, option: str, unit: str = "Å") -> float:
     return float(q.to(unit).magnitude)
 
 
-def parse_angle(text: str, option: str) -> float:
-    """An angle in mrad (bare numbers are mrad)."""
+def parse_angle(text: str, option: str, unit: str = "mrad", example: str = "22 mrad") -> float:
+    """An angle in ``unit`` (bare numbers are taken to be in ``unit`` already)."""
     q = _quantity(text, option)
     if not hasattr(q, "units") or str(q.units) == "dimensionless":
         return float(getattr(q, "magnitude", q))
     if not q.dimensionless:
-        raise CLIError(f"{option} {text!r} is not an angle; give e.g. '{option} \"22 mrad\"'.")
-    return float(q.to("mrad").magnitude)
+        raise CLIError(f"{option} {text!r} is not an angle; give e.g. '{option} \"{example}\"'.")
+    return float(q.to(unit).magnitude)
 
 
 def parse_energy(text: str, option: str) -> float:
@@ -85,16 +85,6 @@ def parse_energy(text: str, option: str) -> float:
     if not 1 <= value <= 3000:
         raise CLIError(f"{option} {text!r} = {value:g} keV is implausible; give e.g. '{option} \"300 kV\"'.")
     return value
-
-
-def parse_rotation(text: str, option: str) -> float:
-    """An in-plane rotation in degrees (bare numbers are degrees)."""
-    q = _quantity(text, option)
-    if not hasattr(q, "units") or str(q.units) == "dimensionless":
-        return float(getattr(q, "magnitude", q))
-    if not q.dimensionless:
-        raise CLIError(f"{option} {text!r} is not an angle; give e.g. '{option} \"2 deg\"'.")
-    return float(q.to("deg").magnitude)
 
 
 def parse_detector_sampling(text: str, option: str) -> tuple[float, str]:
@@ -318,7 +308,7 @@ def _reconstruct_kwargs(args) -> dict:
     if args.defocus is not None:
         kwargs["defocus"] = parse_length(args.defocus, "--defocus")
     if args.scan_rotation is not None:
-        kwargs["scan_rotation"] = parse_rotation(args.scan_rotation, "--scan-rotation")
+        kwargs["scan_rotation"] = parse_angle(args.scan_rotation, "--scan-rotation", "deg", "2 deg")
     if args.checkpoint:
         kwargs["checkpoint"] = args.checkpoint
     if args.resume:
