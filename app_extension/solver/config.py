@@ -131,6 +131,10 @@ class SolverConfig:
         First iteration at which the drift step runs.
     max_amplitude
         Upper clamp of the object amplitude (1 = no gain).
+    divergence_factor
+        Stop (status ``"diverged"``, last good state kept) when an
+        iteration's loss exceeds this multiple of the best loss so far, or is
+        not finite.
     seed
         Random seed (mini-batch order, probe modes). CPU runs are deterministic.
     device
@@ -142,7 +146,7 @@ class SolverConfig:
     slice_thickness: float = 20.0
     tilt: tuple[float, float] = (0.0, 0.0)
     tilt_map: bool = False
-    iterations: int = 10
+    iterations: int = 15
     batch_size: int = 64
     probe_modes: int = 1
     loss: str = "amplitude"
@@ -150,14 +154,15 @@ class SolverConfig:
     lr_object: float = 2e-2
     lr_probe: float = 1e-2
     lr_tilt: float = 0.1
-    lr_dz: float = 0.2
+    lr_dz: float = 0.5
     start_probe: int = 1
     start_tilt: int = 1
     start_dz: int = 2
-    depth_regularization: float = 0.2
+    depth_regularization: float = 0.5
     tilt_alignment_every: int = 1
     tilt_alignment_start: int = 1
     max_amplitude: float = 1.0
+    divergence_factor: float = 1e3
     seed: int = 0
     device: str = "cpu"
 
@@ -181,6 +186,8 @@ class SolverConfig:
         if max(abs(t) for t in tilt) > 200:
             raise ValueError(f"tilt {tilt} mrad is implausibly large; give it in mrad, not µrad or degrees.")
         self.tilt = tilt
+        if not self.divergence_factor > 1:
+            raise ValueError(f"divergence_factor must be > 1, got {self.divergence_factor}.")
         if not 0 <= self.depth_regularization < 1:
             raise ValueError(f"depth_regularization must be in [0, 1), got {self.depth_regularization}.")
         for name in ("lr_object", "lr_probe", "lr_tilt", "lr_dz"):

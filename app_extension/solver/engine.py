@@ -297,9 +297,16 @@ def reconstruct(
                 optimizer.zero_grad(set_to_none=True)
                 clamp_amplitude(state.amplitude, config.max_amplitude)
                 total += float(loss.detach())
-            if not math.isfinite(total) or not _finite(state):
+            best = min(state.history["loss"], default=math.inf)
+            if not math.isfinite(total) or not _finite(state) or total / norm > config.divergence_factor * best:
                 state = _restore(last_good, "diverged")
-                _log.warning("Loss became non-finite at iteration %d; returning the last good state.", it)
+                _log.warning(
+                    "The reconstruction diverged at iteration %d (loss %.3g, best so far %.3g); "
+                    "returning the last good state. Lower the learning rates.",
+                    it + 1,
+                    total / norm,
+                    best,
+                )
                 break
             with torch.no_grad():
                 if state.probe.shape[0] > 1:
