@@ -301,20 +301,16 @@ def state_to_signal(
 
 
 def _arrays_for_sequences(node: dict) -> dict:
-    """Lists and tuples as numpy arrays, recursively.
+    """The node with its list and tuple items as numpy arrays (sub-nodes unchanged).
 
-    HyperSpy (2.5) loses the signals stored in a metadata node (``probe``,
-    ``history``) when that node also holds a list or tuple, on loading from
-    .hspy/.zspy; arrays are safe.
+    HyperSpy (2.5) loses, on loading from .hspy/.zspy, the signals stored in
+    a metadata node (here ``probe`` and ``history``) when that same node also
+    holds a list or a tuple; arrays are safe. Lists in sub-nodes without
+    signals (``Parameters.tilt``) are harmless and stay lists.
     """
-    out = {}
-    for key, value in node.items():
-        if isinstance(value, dict):
-            value = _arrays_for_sequences(value)
-        elif isinstance(value, list | tuple):
-            value = np.asarray(value)
-        out[key] = value
-    return out
+    return {
+        key: np.asarray(value) if isinstance(value, list | tuple) else value for key, value in node.items()
+    }
 
 
 def _result_node(signal: BaseSignal) -> DictionaryTreeBrowser:
