@@ -117,20 +117,25 @@ def test_app_recovers_tilt_and_thickness(tilted, dz0):
     assert state.history["loss"][-1] < 0.3 * state.history["loss"][0]
 
 
-def test_fpp_post_alignment_tilt_sign(tilted):
+@pytest.mark.parametrize("depth_regularization", [0.0, None], ids=["no-depth-prior", "default-depth-prior"])
+def test_fpp_post_alignment_tilt_sign(tilted, depth_regularization):
     """FPP at zero tilt leaves the tilt in the slices; post-alignment reads it back."""
     data, geometry = tilted
     config = SolverConfig(
         mode="fpp", num_slices=4, slice_thickness=TRUE_DZ, iterations=30, batch_size=20, lr_probe=0.0
     )
+    if depth_regularization is not None:
+        config = config.replace(depth_regularization=depth_regularization)
     state = run(data, geometry, config)
     np.testing.assert_array_equal(state.tilt_mrad, [0.0, 0.0])  # FPP does not learn the tilt
     assert state.dz == TRUE_DZ
     post = state.post_alignment
     assert set(post) >= {"shifts", "tilt_mrad", "aligned_phase", "mean_phase"}
-    # measured: (5.36, -3.82) mrad for the true (6, -4)
     np.testing.assert_array_equal(np.sign(post["tilt_mrad"]), np.sign(TRUE_TILT))
-    np.testing.assert_allclose(post["tilt_mrad"], TRUE_TILT, atol=1.5)
+    if depth_regularization == 0.0:
+        # measured: (6.06, -4.18) mrad for the true (6, -4); the depth prior shrinks
+        # the slices' drift (0.2: (5.36, -3.82); 0.5: (3.88, -2.70))
+        np.testing.assert_allclose(post["tilt_mrad"], TRUE_TILT, atol=0.5)
     # slices drift towards +x (theta_x > 0) and -y (theta_y < 0) with depth
     assert post["shifts"][-1, 1] > 0 > post["shifts"][-1, 0]
     assert post["aligned_phase"].shape == state.phase.shape
@@ -270,13 +275,24 @@ def test_overflowing_learning_rate_gives_diverged(small):
         assert torch.isfinite(getattr(state, name)).all(), name
 
 
+def test_exploding_learning_rate_gives_diverged(small):
+    """A finite blow-up of the loss (lr_probe=1e6 from iteration 1) also stops the run."""
+    data, geometry = small
+    state = run(data, geometry, small_config(iterations=4, lr_probe=1e6, start_probe=1))
+    assert state.status == "diverged"
+    assert state.iteration == 1
+    for name in ReconstructionState._TENSORS:
+        assert torch.isfinite(getattr(state, name)).all(), name
+
+
 @pytest.mark.xfail(
     strict=True,
-    reason="engine flags only a non-finite loss: a finite blow-up (lr_probe=1e6: loss x1e16) returns status 'ok'",
+    reason="a blow-up in the very first iteration is not caught: the divergence test compares "
+    "with the best loss of earlier iterations, and there are none (loss 8e14 returns status 'ok')",
 )
-def test_exploding_learning_rate_gives_diverged(small):
+def test_exploding_learning_rate_in_first_iteration_gives_diverged(small):
     data, geometry = small
-    state = run(data, geometry, small_config(iterations=4, lr_probe=1e6, start_probe=0))
+    state = run(data, geometry, small_config(iterations=2, lr_probe=1e6, start_probe=0))
     assert state.status == "diverged"
 
 

@@ -111,6 +111,7 @@ def test_geometry_raster():
         (dict(slice_thickness=-5.0), "slice_thickness"),
         (dict(depth_regularization=1.0), "depth_regularization"),
         (dict(lr_tilt=-0.1), "lr_tilt"),
+        (dict(divergence_factor=0.5), "divergence_factor"),
     ],
     ids=lambda x: str(x) if isinstance(x, str) else None,
 )
