@@ -177,7 +177,9 @@ def simulate_tilted_crystal(
         patches = trans[:, r[:, :, None], q[:, None, :]]
         intensity = farfield_intensity(multislice(probes, patches, prop))
         shifted = torch.fft.fftshift(intensity, dim=(-2, -1))
-        out[b0 : b0 + batch_size] = shifted[:, start : start + pattern_size, start : start + pattern_size].numpy()
+        out[b0 : b0 + batch_size] = shifted[
+            :, start : start + pattern_size, start : start + pattern_size
+        ].numpy()
     if dose is not None:
         rng = np.random.default_rng(seed)
         electrons = dose * scan_step**2

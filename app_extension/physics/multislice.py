@@ -172,7 +172,11 @@ class _MultisliceIntensity(torch.autograd.Function):
         patches = rest[len(rest) - n_slices :]
         h = prop[:, None] if prop.ndim == 3 else prop
         h_conj = h.conj().resolve_conj()
-        grad_obj = torch.zeros((n_slices, ctx.obj_shape[1] * ctx.obj_shape[2]), dtype=far.dtype, device=far.device) if need_obj else None
+        grad_obj = (
+            torch.zeros((n_slices, ctx.obj_shape[1] * ctx.obj_shape[2]), dtype=far.dtype, device=far.device)
+            if need_obj
+            else None
+        )
         grad_prop = torch.zeros_like(prop) if need_prop else None
         g = _ifft2(far * (2 * grad_intensity[:, None]))  # not in place: far is saved (double backward)
         for s in range(n_slices - 1, -1, -1):

@@ -151,8 +151,7 @@ def make_probe(
     aperture = (alpha <= semiangle_mrad * 1e-3).to(torch.float64)
     if aperture.sum() < 1:
         raise ValueError(
-            "The aperture covers no detector pixel: check the convergence angle "
-            "and the detector calibration."
+            "The aperture covers no detector pixel: check the convergence angle and the detector calibration."
         )
     probe_k = aperture * torch.exp(-1j * chi)
     probe = torch.fft.fftshift(torch.fft.ifft2(probe_k), dim=(-2, -1))

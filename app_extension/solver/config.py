@@ -55,7 +55,9 @@ class Geometry:
         self.scan_positions = pos
 
     @staticmethod
-    def raster(shape: tuple[int, int], step: float | tuple[float, float], rotation: float = 0.0) -> np.ndarray:
+    def raster(
+        shape: tuple[int, int], step: float | tuple[float, float], rotation: float = 0.0
+    ) -> np.ndarray:
         """Positions (y, x) in Å of a raster scan, slow axis y first.
 
         Parameters

@@ -298,7 +298,11 @@ def reconstruct(
                 clamp_amplitude(state.amplitude, config.max_amplitude)
                 total += float(loss.detach())
             best = min(state.history["loss"], default=math.inf)
-            if not math.isfinite(total) or not _finite(state) or total / norm > config.divergence_factor * best:
+            if (
+                not math.isfinite(total)
+                or not _finite(state)
+                or total / norm > config.divergence_factor * best
+            ):
                 state = _restore(last_good, "diverged")
                 _log.warning(
                     "The reconstruction diverged at iteration %d (loss %.3g, best so far %.3g); "

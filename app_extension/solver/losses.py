@@ -9,7 +9,9 @@ __all__ = ["amplitude_loss", "poisson_loss", "LOSSES"]
 _EPS = 1e-8
 
 
-def amplitude_loss(model: torch.Tensor, measured_sqrt: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+def amplitude_loss(
+    model: torch.Tensor, measured_sqrt: torch.Tensor, mask: torch.Tensor | None = None
+) -> torch.Tensor:
     """Eq. 1: ``sum_k (|F psi| - sqrt(I))^2``, summed over the batch.
 
     ``measured_sqrt`` is the square root of the measured intensities (computed
@@ -21,7 +23,9 @@ def amplitude_loss(model: torch.Tensor, measured_sqrt: torch.Tensor, mask: torch
     return (diff * diff).sum()
 
 
-def poisson_loss(model: torch.Tensor, measured: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+def poisson_loss(
+    model: torch.Tensor, measured: torch.Tensor, mask: torch.Tensor | None = None
+) -> torch.Tensor:
     """Negative Poisson log-likelihood ``sum_k (I_model - I log I_model)`` (constant dropped)."""
     nll = model - measured * torch.log(model + _EPS)
     if mask is not None:

@@ -144,9 +144,7 @@ class ReconstructionState:
         pa = kwargs.pop("post_alignment", None)
         state = cls(**kwargs)
         if pa is not None:
-            state.post_alignment = {
-                k: v.numpy() if isinstance(v, torch.Tensor) else v for k, v in pa.items()
-            }
+            state.post_alignment = {k: v.numpy() if isinstance(v, torch.Tensor) else v for k, v in pa.items()}
         return state
 
     def save(self, path: str | os.PathLike, extra: dict | None = None) -> None:
@@ -203,4 +201,3 @@ class ReconstructionState:
             f"(thickness {self.thickness / 10:.2f} nm), tilt {tilt_s}, "
             f"{self.probe.shape[0]} probe mode(s), iteration {self.iteration}, {self.status}>"
         )
-
