@@ -110,11 +110,35 @@ def test_app_recovers_tilt_and_thickness(tilted, dz0):
     state = run(data, geometry, SolverConfig(slice_thickness=dz0, **RECOVERY))
     assert state.status == "ok"
     assert state.iteration == 30
-    # measured (2 CPU cores): tilt within 0.25 mrad, dz within 1.5 % over 5 seeds
+    # measured (shared 2-core CPU, 4 seeds x both starts): tilt error <= 0.23 mrad, dz error <= 1.7 %
     np.testing.assert_allclose(state.tilt_mrad, TRUE_TILT, atol=0.5)
     assert abs(state.dz - TRUE_DZ) < 0.05 * TRUE_DZ, state.dz
     np.testing.assert_allclose(state.thickness, 4 * state.dz)
     assert state.history["loss"][-1] < 0.3 * state.history["loss"][0]
+
+
+@pytest.mark.parametrize(
+    "scale",
+    [
+        1e4,
+        pytest.param(
+            1.0,
+            marks=pytest.mark.xfail(
+                strict=True,
+                reason="the probe's Adam step (lr_probe) is absolute, so it depends on the units of the "
+                "intensities: on patterns normalised to sum 1 the default lr_probe is far too large "
+                "(measured dz 46.5-48.8 A for 40 A, tilt error up to 1.0 mrad; x1e4: 40.8-41.9 A, 0.46 mrad)",
+            ),
+        ),
+    ],
+    ids=["counts", "normalised"],
+)
+def test_app_recovers_with_probe_learned(tilted, scale):
+    """The same recovery with the probe learned at the default rate, data in counts or normalised."""
+    data, geometry = tilted
+    state = run(data * scale, geometry, SolverConfig(slice_thickness=30.0, **{**RECOVERY, "lr_probe": 1e-2}))
+    np.testing.assert_allclose(state.tilt_mrad, TRUE_TILT, atol=0.7)
+    assert abs(state.dz - TRUE_DZ) < 0.1 * TRUE_DZ, state.dz
 
 
 @pytest.mark.parametrize("depth_regularization", [0.0, None], ids=["no-depth-prior", "default-depth-prior"])
