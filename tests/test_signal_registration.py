@@ -106,6 +106,13 @@ def test_empad_loaded_data(tmp_path, lazy):
     # RosettaSciIO leaves the axes uncalibrated: the reconstruction must say so up front.
     with pytest.raises(ValueError, match="scan step is not calibrated"):
         s.ptycho_app(iterations=1)
+    # Once calibrated, the (memory-mapped, for lazy) file data reconstruct.
+    s.set_experimental_parameters(
+        beam_energy=300, convergence_angle=22, scan_step="0.4 Å", detector_sampling="1 mrad"
+    )
+    result = s.ptycho_app(iterations=1, num_slices=1, show_progressbar=False)
+    assert result.axes_manager.signal_shape[0] > 128
+    assert np.all(np.isfinite(result.data))
 
 
 @pytest.mark.parametrize("extension", ["hspy", "zspy"])
