@@ -134,9 +134,9 @@ class SolverConfig:
     max_amplitude
         Upper clamp of the object amplitude (1 = no gain).
     divergence_factor
-        Stop (status ``"diverged"``, last good state kept) when an
-        iteration's loss exceeds this multiple of the best loss so far, or is
-        not finite.
+        Stop (status ``"diverged"``, last good state kept) when a batch's
+        loss per position exceeds this multiple of the lowest seen in the run,
+        or is not finite.
     seed
         Random seed (mini-batch order, probe modes). CPU runs are deterministic.
     device

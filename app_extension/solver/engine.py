@@ -277,6 +277,7 @@ def reconstruct(
         progress = tqdm(total=n_iter, desc=f"{config.mode.upper()} ptychography", unit="it")
     last_good = state.clone()
     first = state.iteration
+    reference = math.inf
     try:
         for it in range(first, first + n_iter):
             t0 = time.perf_counter()
@@ -296,20 +297,21 @@ def reconstruct(
                 optimizer.step()
                 optimizer.zero_grad(set_to_none=True)
                 clamp_amplitude(state.amplitude, config.max_amplitude)
-                total += float(loss.detach())
-            best = min(state.history["loss"], default=math.inf)
-            if (
-                not math.isfinite(total)
-                or not _finite(state)
-                or total / norm > config.divergence_factor * best
-            ):
+                value = float(loss.detach())
+                total += value
+                # Blow-up test per batch, against the lowest loss per position seen in this run.
+                per_position = value / len(batch)
+                if not math.isfinite(value) or per_position > config.divergence_factor * reference:
+                    total = math.inf
+                    break
+                reference = min(reference, per_position)
+            if not math.isfinite(total) or not _finite(state):
                 state = _restore(last_good, "diverged")
                 _log.warning(
-                    "The reconstruction diverged at iteration %d (loss %.3g, best so far %.3g); "
-                    "returning the last good state. Lower the learning rates.",
+                    "The reconstruction diverged at iteration %d; returning the last good state "
+                    "(iteration %d). Lower the learning rates.",
                     it + 1,
-                    total / norm,
-                    best,
+                    state.iteration,
                 )
                 break
             with torch.no_grad():
