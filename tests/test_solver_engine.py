@@ -310,9 +310,13 @@ def test_exploding_learning_rate_gives_diverged(small):
 
 
 def test_exploding_learning_rate_in_first_iteration_gives_diverged(small):
+    """A blow-up within the first iteration stops too, returning the initial state."""
     data, geometry = small
     state = run(data, geometry, small_config(iterations=2, lr_probe=1e6, start_probe=0))
     assert state.status == "diverged"
+    assert state.iteration == 0
+    assert torch.isfinite(state.probe).all()
+    assert torch.all(state.phase == 0)
 
 
 def test_deterministic_on_cpu(small):
