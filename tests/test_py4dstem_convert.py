@@ -175,3 +175,15 @@ def test_uncalibrated_axes_warn_and_stay_in_pixels():
         dc = signal_to_datacube(s)
     assert dc.calibration.get_R_pixel_units() == "pixels"
     assert dc.calibration.get_Q_pixel_units() == "pixels"
+
+
+def test_zero_detector_offset_leaves_the_origin_unset(small_signal):
+    for axis in small_signal.axes_manager.signal_axes:
+        axis.offset = 0.0
+    dc = signal_to_datacube(small_signal)
+    assert dc.calibration.get_qx0_mean() is None and dc.calibration.get_qy0_mean() is None
+    s = datacube_to_signal(dc)
+    n = small_signal.axes_manager.signal_axes[0].size
+    assert s.axes_manager.signal_axes[0].offset == pytest.approx(
+        -(n // 2) * s.axes_manager.signal_axes[0].scale
+    )

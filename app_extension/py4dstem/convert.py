@@ -14,7 +14,7 @@ scan step               navigation axes ``scale``/``units`` (Å, nm)  ``calibrat
                                                                      ("A" or "nm")
 detector sampling       signal axes ``scale``/``units``              ``calibration`` Q_pixel_size/_units
                         ("1 / Å" or "mrad")                          ("A^-1" or "mrad")
-optic axis position     signal axes ``offset``                       ``calibration`` qx0_mean, qy0_mean (px)
+optic axis position     signal axes ``offset`` (0: unset)            ``calibration`` qx0_mean, qy0_mean (px)
 beam energy             ``metadata.Acquisition_instrument.TEM        ``metadata["microscope"]["beam_energy_eV"]``
                         .beam_energy`` (keV)                         (py4DSTEM has no calibration key for it)
 convergence angle       ``...TEM.convergence_angle`` (mrad)          ``calibration`` convergence_semiangle_mrad
@@ -268,8 +268,10 @@ def signal_to_datacube(s, name: str | None = None):
         cal.set_Q_pixel_size(q)
         cal.set_Q_pixel_units(q_units)
         # Optic axis: the pixel where the axis value is zero (py4DSTEM's origin, in pixels).
-        cal.set_qx0_mean(-sig_y.offset / sig_y.scale)
-        cal.set_qy0_mean(-sig_x.offset / sig_x.scale)
+        # An offset of 0 usually means "never set", so the origin is then left unset.
+        if sig_x.offset != 0 or sig_y.offset != 0:
+            cal.set_qx0_mean(-sig_y.offset / sig_y.scale)
+            cal.set_qy0_mean(-sig_x.offset / sig_x.scale)
 
     # Microscope parameters.
     energy_keV = s.metadata.get_item(f"{TEM}.beam_energy")

@@ -743,7 +743,8 @@ class AdaptivePropagatorPtychography(Custom):
         solver = _read_metadata(group, "solver_metadata")
         config = json.loads(solver["config"])
         config["tilt"] = tuple(config["tilt"])
-        self._config = SolverConfig(**config)
+        known = SolverConfig.__dataclass_fields__
+        self._config = SolverConfig(**{k: v for k, v in config.items() if k in known})
         self._device = self._config.device
         data = {k: v.data for k, v in Custom._get_emd_attr_data(Custom, group).items() if hasattr(v, "data")}
 
