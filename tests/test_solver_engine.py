@@ -117,28 +117,32 @@ def test_app_recovers_tilt_and_thickness(tilted, dz0):
     assert state.history["loss"][-1] < 0.3 * state.history["loss"][0]
 
 
-@pytest.mark.parametrize(
-    "scale",
-    [
-        1e4,
-        pytest.param(
-            1.0,
-            marks=pytest.mark.xfail(
-                strict=True,
-                reason="the probe's Adam step (lr_probe) is absolute, so it depends on the units of the "
-                "intensities: on patterns normalised to sum 1 the default lr_probe is far too large "
-                "(measured dz 46.5-48.8 A for 40 A, tilt error up to 1.0 mrad; x1e4: 40.8-41.9 A, 0.46 mrad)",
-            ),
-        ),
-    ],
-    ids=["counts", "normalised"],
-)
-def test_app_recovers_with_probe_learned(tilted, scale):
-    """The same recovery with the probe learned at the default rate, data in counts or normalised."""
+def test_app_recovers_with_probe_learned(tilted):
+    """The same recovery with the probe learned at the default rate (patterns in counts)."""
     data, geometry = tilted
-    state = run(data * scale, geometry, SolverConfig(slice_thickness=30.0, **{**RECOVERY, "lr_probe": 1e-2}))
+    config = SolverConfig(slice_thickness=30.0, **{**RECOVERY, "lr_probe": 1e-2})
+    state = run(data * 1e4, geometry, config)
+    # measured: tilt error <= 0.46 mrad, dz 40.8-41.9 Å (3 seeds x 2 starts)
     np.testing.assert_allclose(state.tilt_mrad, TRUE_TILT, atol=0.7)
     assert abs(state.dz - TRUE_DZ) < 0.1 * TRUE_DZ, state.dz
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="the result depends on the units of the intensities: Adam's steps are absolute (lr_probe "
+    "against a probe scaled to the data; eps=1e-8 against small gradients), so one step on the data "
+    "x1 and x1e4 differs (phase by 0.04 rad, probe by 3.5 %); normalising the patterns inside the "
+    "solver (ReconstructionState.intensity_scale) would make the run unit-free",
+)
+def test_result_does_not_depend_on_intensity_units(small):
+    data, geometry = small
+    config = small_config(iterations=1, start_probe=0)
+    a = run(data, geometry, config)
+    b = run(data * 1e4, geometry, config)
+    np.testing.assert_allclose(b.phase.numpy(), a.phase.numpy(), rtol=0, atol=1e-3)
+    np.testing.assert_allclose(
+        b.probe.numpy() / 1e2, a.probe.numpy(), rtol=0, atol=1e-3 * a.probe.abs().max().item()
+    )
 
 
 @pytest.mark.parametrize("depth_regularization", [0.0, None], ids=["no-depth-prior", "default-depth-prior"])
