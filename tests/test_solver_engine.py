@@ -242,6 +242,26 @@ def test_checkpoint_round_trip_and_resume(small, tmp_path):
     assert_same_state(from_file, from_memory)
 
 
+def test_checkpoint_written_every_n_iterations(small, tmp_path):
+    data, geometry = small
+    path = tmp_path / "every.pt"
+    seen = {}
+
+    def look(state):
+        seen[state.iteration] = ReconstructionState.load(path).iteration if path.exists() else None
+
+    run(data, geometry, small_config(iterations=5), checkpoint=path, checkpoint_every=2, callback=look)
+    assert seen == {1: None, 2: None, 3: 2, 4: 2, 5: 4}
+    assert ReconstructionState.load(path).iteration == 5  # and at the end
+
+
+def test_default_config():
+    data, geometry = make_data(scan=(3, 3), num_slices=1)
+    state = reconstruct(data, geometry, iterations=1, show_progressbar=False)
+    assert state.num_slices == SolverConfig().num_slices
+    assert state.iteration == 1 and state.status == "ok"
+
+
 def test_checkpoint_keeps_post_alignment(small, tmp_path):
     data, geometry = small
     path = tmp_path / "fpp.pt"
