@@ -157,9 +157,11 @@ def test_resume_keeps_scan_rotation(small_signal):
 
 
 def test_extra_solver_options(small_signal):
-    result = small_signal.ptycho_app(iterations=1, start_dz=5, max_amplitude=0.9, **FAST)
+    result = small_signal.ptycho_app(
+        iterations=1, start_dz=5, max_amplitude=0.9, divergence_factor=50, **FAST
+    )
     p = result.metadata.Signal.Ptychography.Parameters
-    assert p.start_dz == 5
+    assert p.start_dz == 5 and p.divergence_factor == 50
     np.testing.assert_allclose(p.max_amplitude, 0.9)
 
 

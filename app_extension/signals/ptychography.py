@@ -48,6 +48,7 @@ _PLAIN_OPTIONS = (
     "tilt_alignment_every",
     "tilt_alignment_start",
     "max_amplitude",
+    "divergence_factor",
 )
 
 
@@ -137,6 +138,7 @@ class AppPtychography2D(Signal2D):
         tilt_alignment_every: int | None = None,
         tilt_alignment_start: int | None = None,
         max_amplitude: float | None = None,
+        divergence_factor: float | None = None,
         resume=None,
         checkpoint: str | os.PathLike | None = None,
         checkpoint_every: int = 5,
@@ -206,6 +208,9 @@ class AppPtychography2D(Signal2D):
             iterations, from this iteration on (0 = never).
         max_amplitude
             Upper clamp of the object amplitude.
+        divergence_factor
+            Stop (status "diverged", last good state kept) when a batch's loss
+            exceeds this multiple of the lowest seen in the run.
         resume
             Continue from a previous result (the signal this method returned,
             or a .hspy/.zspy file it was saved to), a checkpoint file written
