@@ -54,8 +54,12 @@ def shift_probes(probe: torch.Tensor, shifts_px: torch.Tensor) -> torch.Tensor:
     n_y, n_x = probe.shape[-2:]
     fy = torch.fft.fftfreq(n_y, device=probe.device, dtype=shifts_px.dtype)
     fx = torch.fft.fftfreq(n_x, device=probe.device, dtype=shifts_px.dtype)
-    arg = shifts_px[:, 0, None, None] * fy[None, :, None] + shifts_px[:, 1, None, None] * fx[None, None, :]
-    ramp = torch.polar(torch.ones_like(arg), -2 * math.pi * arg)  # (B, N, N)
+    # The phase ramp is separable: two (B, N) exponentials and one outer product.
+    arg_y = -2 * math.pi * shifts_px[:, 0, None] * fy[None, :]
+    arg_x = -2 * math.pi * shifts_px[:, 1, None] * fx[None, :]
+    ramp_y = torch.polar(torch.ones_like(arg_y), arg_y)
+    ramp_x = torch.polar(torch.ones_like(arg_x), arg_x)
+    ramp = ramp_y[:, :, None] * ramp_x[:, None, :]  # (B, N, N)
     return _ifft2(_fft2(probe)[None] * ramp[:, None])
 
 
