@@ -180,7 +180,7 @@ def _plot(figures, truth, out: Path) -> None:
         ax.set_title(f"{mode.upper()}, {s} slices\nslice-averaged phase")
         ax.set_xlabel("x (Å)")
     fig.tight_layout()
-    fig.savefig(out / "phase.png", dpi=110)
+    fig.savefig(out / "phase.png", dpi=110, bbox_inches="tight")
     plt.close(fig)
     fig, axes = plt.subplots(1, 2, figsize=(9, 3.4))
     for s, mode, _, _, _, h in figures:
@@ -198,7 +198,7 @@ def _plot(figures, truth, out: Path) -> None:
     axes[0].legend(fontsize=7)
     axes[1].legend(fontsize=7)
     fig.tight_layout()
-    fig.savefig(out / "tilt_thickness.png", dpi=110)
+    fig.savefig(out / "tilt_thickness.png", dpi=110, bbox_inches="tight")
     plt.close(fig)
 
 

@@ -149,9 +149,11 @@ def make_probe(
     chi = aberration_phase(ky, kx, wavelength, ab)
     alpha = wavelength * torch.sqrt(kx**2 + ky**2)
     aperture = (alpha <= semiangle_mrad * 1e-3).to(torch.float64)
-    if aperture.sum() < 1:
+    if aperture.sum() < 9:
         raise ValueError(
-            "The aperture covers no detector pixel: check the convergence angle and the detector calibration."
+            f"The {semiangle_mrad} mrad aperture covers only {int(aperture.sum())} pixel(s) of the "
+            f"{shape[0]} x {shape[1]} grid ({sampling:.4g} Å per pixel): check the convergence angle "
+            "and the detector calibration (reciprocal pixel size)."
         )
     probe_k = aperture * torch.exp(-1j * chi)
     probe = torch.fft.fftshift(torch.fft.ifft2(probe_k), dim=(-2, -1))

@@ -42,7 +42,7 @@ def _upsampled_dft(data: np.ndarray, size: int, factor: int, offsets: np.ndarray
 
 
 def register_shift(
-    reference: np.ndarray, moving: np.ndarray, upsample: int = 50, refine: int = 2
+    reference: np.ndarray, moving: np.ndarray, upsample: int = 100, refine: int = 2
 ) -> np.ndarray:
     """Shift (dy, dx) in pixels by which ``moving`` is displaced from ``reference``.
 
@@ -79,7 +79,9 @@ def _correlation_peak(reference: np.ndarray, moving: np.ndarray, upsample: int) 
     return peak
 
 
-def slice_shifts(phase: np.ndarray, roi: tuple[slice, slice] | None = None, upsample: int = 50) -> np.ndarray:
+def slice_shifts(
+    phase: np.ndarray, roi: tuple[slice, slice] | None = None, upsample: int = 100
+) -> np.ndarray:
     """Cumulative lateral shift of each slice relative to the first, (S, 2) px.
 
     Neighbouring slices are registered pairwise (they are the most alike) and

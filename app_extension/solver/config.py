@@ -115,15 +115,20 @@ class SolverConfig:
         Pad the patterns to this many pixels per side in the model (the
         paper padded 128 to 256 to halve the real-space pixel); ``None`` for none.
     lr_object, lr_probe, lr_tilt, lr_dz
-        Adam step sizes: object phase (rad) and amplitude, probe, tilt
-        (mrad), slice thickness (Å).
+        Adam step sizes: object phase (rad) and amplitude, probe (in units of
+        its root-mean-square amplitude; the solver scales the patterns to a
+        mean pixel value of 1), tilt (mrad), slice thickness (Å). Object,
+        probe and tilt take a step per batch; the slice thickness takes one
+        step per iteration, with the gradient of the whole pass.
     start_probe, start_tilt, start_dz
         First iteration (0-based) at which each is learned.
     depth_regularization
         Weight in [0, 1) of the z-smoothness prior: after every iteration each
         slice's phase and amplitude move that fraction towards the mean of
         their neighbours. It keeps the slices a crystal seen along its axis,
-        which is what makes tilt and thickness well defined.
+        which is what makes tilt and thickness well defined. ``None`` (the
+        default) means 0.5 for APP and 0 for FPP, whose slices are sheared by
+        the tilt and must stay free for the post-alignment to measure it.
     tilt_alignment_every
         In APP mode, every this many iterations the slices' remaining lateral
         drift with depth is measured by cross-correlation and moved into the
@@ -156,11 +161,11 @@ class SolverConfig:
     lr_object: float = 2e-2
     lr_probe: float = 1e-2
     lr_tilt: float = 0.1
-    lr_dz: float = 0.5
+    lr_dz: float = 1.0
     start_probe: int = 1
     start_tilt: int = 1
     start_dz: int = 2
-    depth_regularization: float = 0.5
+    depth_regularization: float | None = None
     tilt_alignment_every: int = 1
     tilt_alignment_start: int = 1
     max_amplitude: float = 1.0
@@ -190,11 +195,18 @@ class SolverConfig:
         self.tilt = tilt
         if not self.divergence_factor > 1:
             raise ValueError(f"divergence_factor must be > 1, got {self.divergence_factor}.")
-        if not 0 <= self.depth_regularization < 1:
+        if self.depth_regularization is not None and not 0 <= self.depth_regularization < 1:
             raise ValueError(f"depth_regularization must be in [0, 1), got {self.depth_regularization}.")
         for name in ("lr_object", "lr_probe", "lr_tilt", "lr_dz"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}.")
+
+    @property
+    def depth_weight(self) -> float:
+        """The z-smoothness weight in use (``depth_regularization`` or the mode's default)."""
+        if self.depth_regularization is not None:
+            return float(self.depth_regularization)
+        return 0.5 if self.mode == "app" else 0.0
 
     @property
     def learns_geometry(self) -> bool:

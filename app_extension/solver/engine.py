@@ -137,7 +137,12 @@ class Problem:
         self.n_measured = n
         self.window = window
         self.device = torch.device(device)
-        self.mean_intensity = float(data.sum(axis=(1, 2)).mean())
+        # Patterns are scaled so that their mean pixel value is 1 (the probe's mean
+        # intensity per pixel is then 1 too): learning rates do not depend on the
+        # detector's units (counts, electrons, normalised).
+        self.intensity_scale = float(n * n / data.sum(axis=(1, 2)).mean())
+        data = data * np.float32(self.intensity_scale)
+        self.mean_intensity = float(window * window)
         # Patterns go to numpy FFT order (DC at [0, 0]) on the model grid once,
         # so the loop never shifts arrays. Padding: the unmeasured pixels are masked.
         if window > n:
@@ -162,7 +167,13 @@ class Problem:
 
 
 def _drift_step(state: ReconstructionState, window: int) -> np.ndarray:
-    """Move the slices' linear drift with depth into the tilt; returns the change in mrad."""
+    """Move the slices' linear drift with depth into the tilt; returns the change in mrad.
+
+    The optimiser's moments are kept: the slices move by a fraction of a pixel,
+    and resetting Adam would kick every object pixel by a full step.
+    (Shifting the moments with the slices was tried: the Fourier shift rings
+    where the second moment is near zero, which then gives large steps.)
+    """
     roi = state.scan_window(window)
     phase = state.phase.detach().cpu().numpy()
     shifts = slice_shifts(phase, roi)
@@ -189,8 +200,17 @@ def _make_optimizer(state: ReconstructionState, config: SolverConfig) -> torch.o
     ]
     if config.learns_geometry:
         groups.append({"params": [state.tilt], "lr": config.lr_tilt, "name": "tilt"})
-        groups.append({"params": [state.slice_thickness], "lr": config.lr_dz, "name": "dz"})
     return torch.optim.Adam(groups)
+
+
+def _make_thickness_optimizer(state: ReconstructionState, config: SolverConfig) -> torch.optim.Optimizer:
+    """Adam on dz, stepped once per iteration with the gradient summed over all batches.
+
+    A single batch's dz gradient is dominated by noise (the object adapts at
+    the same time), so per-batch steps mostly cancel; the gradient of the whole
+    pass points the right way.
+    """
+    return torch.optim.Adam([state.slice_thickness], lr=config.lr_dz, betas=(0.5, 0.9))
 
 
 def _set_trainable(state: ReconstructionState, config: SolverConfig, iteration: int) -> None:
@@ -248,6 +268,7 @@ def reconstruct(
     problem = Problem(intensities, geometry, config, device)
     if state is None:
         state = initial_state(geometry, config, problem.window, problem.mean_intensity, device)
+        state.intensity_scale = problem.intensity_scale
     else:
         if state.phase.shape[0] != config.num_slices and config.num_slices:
             _log.info("continuing with the state's %d slices", state.phase.shape[0])
@@ -266,6 +287,7 @@ def reconstruct(
     target = problem.amplitudes if config.loss == "amplitude" else problem.intensities
     norm = float(problem.intensities.sum()) if config.loss == "amplitude" else float(problem.num_positions)
     optimizer = _make_optimizer(state, config)
+    dz_optimizer = _make_thickness_optimizer(state, config)
     generator = torch.Generator().manual_seed(config.seed + state.iteration)
     if config.device == "cpu":
         torch.manual_seed(config.seed)
@@ -305,6 +327,9 @@ def reconstruct(
                     total = math.inf
                     break
                 reference = min(reference, per_position)
+            if state.slice_thickness.grad is not None:
+                dz_optimizer.step()
+                dz_optimizer.zero_grad(set_to_none=True)
             if not math.isfinite(total) or not _finite(state):
                 state = _restore(last_good, "diverged")
                 _log.warning(
@@ -317,8 +342,8 @@ def reconstruct(
             with torch.no_grad():
                 if state.probe.shape[0] > 1:
                     orthogonalize_probe(state.probe)
-                smooth_depth(state.phase, config.depth_regularization)
-                smooth_depth(state.amplitude, config.depth_regularization)
+                smooth_depth(state.phase, config.depth_weight)
+                smooth_depth(state.amplitude, config.depth_weight)
                 state.slice_thickness.clamp_(min=0.1)
             if (
                 config.learns_geometry
@@ -328,7 +353,6 @@ def reconstruct(
                 and state.num_slices > 1
             ):
                 _drift_step(state, problem.window)
-                optimizer = _make_optimizer(state, config)  # moments belong to the old gauge
             state.iteration = it + 1
             state.record(total / norm, time.perf_counter() - t0)
             last_good = state.clone()
