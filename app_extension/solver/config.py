@@ -118,8 +118,10 @@ class SolverConfig:
         Adam step sizes: object phase (rad) and amplitude, probe (in units of
         its root-mean-square amplitude; the solver scales the patterns to a
         mean pixel value of 1), tilt (mrad), slice thickness (Å). Object,
-        probe and tilt take a step per batch; the slice thickness takes one
-        step per iteration, with the gradient of the whole pass.
+        probe and tilt take an Adam step per batch; the slice thickness takes
+        one sign-based (Rprop) step per iteration, with the gradient of the
+        whole pass: ``lr_dz`` is its first step, which then grows while the
+        gradient keeps its sign and halves when it flips.
     start_probe, start_tilt, start_dz
         First iteration (0-based) at which each is learned.
     depth_regularization
@@ -161,7 +163,7 @@ class SolverConfig:
     lr_object: float = 2e-2
     lr_probe: float = 1e-2
     lr_tilt: float = 0.1
-    lr_dz: float = 1.0
+    lr_dz: float = 0.5
     start_probe: int = 1
     start_tilt: int = 1
     start_dz: int = 2

@@ -204,13 +204,17 @@ def _make_optimizer(state: ReconstructionState, config: SolverConfig) -> torch.o
 
 
 def _make_thickness_optimizer(state: ReconstructionState, config: SolverConfig) -> torch.optim.Optimizer:
-    """Adam on dz, stepped once per iteration with the gradient summed over all batches.
+    """Rprop on dz, stepped once per iteration with the gradient summed over all batches.
 
     A single batch's dz gradient is dominated by noise (the object adapts at
     the same time), so per-batch steps mostly cancel; the gradient of the whole
-    pass points the right way.
+    pass points the right way. Its size shrinks as dz converges, which stalls
+    Adam, so the step follows the gradient's sign only: it grows by 1.2 while
+    the sign holds and halves when it flips, starting from ``lr_dz``.
     """
-    return torch.optim.Adam([state.slice_thickness], lr=config.lr_dz, betas=(0.5, 0.9))
+    return torch.optim.Rprop(
+        [state.slice_thickness], lr=config.lr_dz, etas=(0.5, 1.2), step_sizes=(1e-3, 4 * config.lr_dz)
+    )
 
 
 def _set_trainable(state: ReconstructionState, config: SolverConfig, iteration: int) -> None:
