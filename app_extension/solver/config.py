@@ -155,7 +155,7 @@ class SolverConfig:
     slice_thickness: float = 20.0
     tilt: tuple[float, float] = (0.0, 0.0)
     tilt_map: bool = False
-    iterations: int = 15
+    iterations: int = 20
     batch_size: int = 64
     probe_modes: int = 1
     loss: str = "amplitude"
