@@ -167,6 +167,10 @@ class _MultisliceIntensity(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_intensity):
+        # The adjoint chain is run on gamma = conj(gradient): for the unitary
+        # transforms conj(IFFT(x)) = FFT(conj(x)), so every step becomes a plain
+        # product or transform, without conjugate copies of the big arrays. The
+        # small object and propagator gradients are conjugated once at the end.
         prop, far, *rest = ctx.saved_tensors
         n_slices = ctx.n_slices
         index = ctx.index
@@ -175,30 +179,33 @@ class _MultisliceIntensity(torch.autograd.Function):
         spectra = rest[n_slices : len(rest) - n_slices]
         patches = rest[len(rest) - n_slices :]
         h = prop[:, None] if prop.ndim == 3 else prop
-        h_conj = h.conj().resolve_conj()
         grad_obj = (
             torch.zeros((n_slices, ctx.obj_shape[1] * ctx.obj_shape[2]), dtype=far.dtype, device=far.device)
             if need_obj
             else None
         )
-        grad_prop = torch.zeros_like(prop) if need_prop else None
-        g = _ifft2(far * (2 * grad_intensity[:, None]))  # not in place: far is saved (double backward)
+        prop_acc = torch.zeros_like(spectra[0]) if need_prop and n_slices > 1 else None
+        gamma = _fft2(far.conj() * (2 * grad_intensity[:, None]))
         for s in range(n_slices - 1, -1, -1):
-            t_conj = patches[s].conj().resolve_conj()
             if need_obj:
-                grad_obj[s].index_add_(0, index, _sum_modes(psis[s].conj() * g).reshape(-1))
+                grad_obj[s].index_add_(0, index, _sum_modes(psis[s] * gamma).reshape(-1))
             if s == 0 and not need_probe:
                 break
-            g = g.mul_(t_conj)
+            gamma = gamma.mul_(patches[s])
             if s > 0:
-                spec_g = _fft2(g)
-                if need_prop:
-                    contrib = _sum_modes(spectra[s - 1].conj() * spec_g)
-                    grad_prop += contrib if prop.ndim == 3 else contrib.sum(dim=0)
-                g = _ifft2(spec_g.mul_(h_conj))
-        grad_probes = g if need_probe else None
+                sigma = _ifft2(gamma)
+                if prop_acc is not None:
+                    prop_acc.addcmul_(spectra[s - 1], sigma)
+                gamma = _fft2(sigma.mul_(h))
+        grad_probes = gamma.conj() if need_probe else None
         if grad_obj is not None:
-            grad_obj = grad_obj.view(ctx.obj_shape)
+            grad_obj = grad_obj.view(ctx.obj_shape).conj()
+        grad_prop = None
+        if need_prop:
+            if prop_acc is None:
+                grad_prop = torch.zeros_like(prop)
+            else:
+                grad_prop = (prop_acc.sum(dim=1) if prop.ndim == 3 else prop_acc.sum(dim=(0, 1))).conj()
         return grad_probes, grad_obj, None, grad_prop
 
 
