@@ -35,6 +35,9 @@ __all__ = ["reconstruct", "prepare_intensities", "initial_state", "Problem"]
 
 _log = logging.getLogger(__name__)
 
+#: Largest change of the tilt (mrad) one drift step may make.
+_MAX_DRIFT_STEP = 20.0
+
 
 def prepare_intensities(intensities, num_positions: int | None = None) -> np.ndarray:
     """Check the measured patterns and return them as float32 (P, N, N).
@@ -180,6 +183,12 @@ def _drift_step(state: ReconstructionState, window: int) -> np.ndarray:
     depths = np.arange(state.num_slices) * state.dz
     slope_px = fit_drift(shifts, depths)  # px per Å, (y, x)
     slope = slope_px * state.sampling
+    # A single step moves the tilt by at most _MAX_DRIFT_STEP mrad: on data too small or
+    # too noisy to show the drift, a bad registration must not throw the tilt away.
+    limit = np.tan(_MAX_DRIFT_STEP * 1e-3)
+    if np.abs(slope).max() > limit:
+        slope_px = slope_px * (limit / np.abs(slope).max())
+        slope = slope_px * state.sampling
     with torch.no_grad():
         tan_old = torch.tan(state.tilt.double() * 1e-3)
         tan_new = tan_old + torch.as_tensor(slope[::-1].copy(), dtype=torch.float64, device=state.tilt.device)
@@ -343,12 +352,8 @@ def reconstruct(
                     state.iteration,
                 )
                 break
-            with torch.no_grad():
-                if state.probe.shape[0] > 1:
-                    orthogonalize_probe(state.probe)
-                smooth_depth(state.phase, config.depth_weight)
-                smooth_depth(state.amplitude, config.depth_weight)
-                state.slice_thickness.clamp_(min=0.1)
+            # The drift is measured before the depth prior, which would pull the end
+            # slices towards their neighbours and so shrink the measured drift.
             if (
                 config.learns_geometry
                 and config.tilt_alignment_every > 0
@@ -357,6 +362,12 @@ def reconstruct(
                 and state.num_slices > 1
             ):
                 _drift_step(state, problem.window)
+            with torch.no_grad():
+                if state.probe.shape[0] > 1:
+                    orthogonalize_probe(state.probe)
+                smooth_depth(state.phase, config.depth_weight)
+                smooth_depth(state.amplitude, config.depth_weight)
+                state.slice_thickness.clamp_(min=0.1)
             state.iteration = it + 1
             state.record(total / norm, time.perf_counter() - t0)
             last_good = state.clone()
