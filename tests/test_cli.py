@@ -369,3 +369,18 @@ def test_scan_rotation_flag_reaches_the_solver(data_file, small_dataset, tmp_pat
     code, _, err = run_cli(argv, capsys)
     assert code == 0, err
     assert hs.load(out).metadata.Signal.Ptychography.Parameters.scan_rotation == pytest.approx(0.5)
+
+
+def test_resume_from_checkpoint(finished_run, tmp_path, capsys):
+    _, out, argv = finished_run
+    out2 = tmp_path / "from_ckpt.hspy"
+    argv2 = ["reconstruct", argv[1], *argv[2:12], "--resume", out.with_suffix(".ckpt"), "--iterations", "1"]
+    code, stdout, err = run_cli([*argv2, "-q", "--no-summary", "-o", out2], capsys)
+    assert code == 0, err
+    assert "3 iterations in total" in stdout
+
+
+def test_resume_from_missing_file(data_file, tmp_path, capsys):
+    code, _, err = run_cli(["reconstruct", data_file, "--resume", tmp_path / "gone.ckpt"], capsys)
+    assert code == 1
+    assert "--resume" in err and "no such file" in err
