@@ -186,16 +186,14 @@ def write_report(records_path: Path, out_path: Path) -> Path:
     add("")
     all_loads = [ld[0] for r in records for ld in (r.get("iter_load") or [])]
     if all_loads and max(all_loads) > 2.5:
-        add("## Caveat: contended measurements")
+        add("## Caveat: read the load column")
         add("")
         add(
-            f"The 1-minute load average during these runs reached {max(all_loads):.1f} on 2 cores (other jobs "
-            "were running), so absolute times are several times the idle-machine values and noisy; the codes "
-            "alternated, so ratios are fairer than absolute numbers, but still uncertain (n is small). "
-            "Under such oversubscription 2-thread runs suffer most (OpenMP threads wait for descheduled peers): "
-            "compare 1-thread rows first. The FFT floor is a ~1 s micro-benchmark and is hit hardest by "
-            "momentary load; 'app / FFT floor' below 1 means the floor was measured at a worse moment, not "
-            "that the floor is wrong. Regenerate on an idle machine: `python benchmarks/run.py --all`."
+            f"Some rows were measured while other jobs ran (1-minute load up to {max(all_loads):.1f} on 2 cores); "
+            "each row gives its load. Rows with a load of about 2 or less were measured on an otherwise idle "
+            "machine; contended rows are several times slower than idle and noisy, 2-thread rows most "
+            "(OpenMP threads wait for descheduled peers). Within a setting the codes alternated, so ratios are "
+            "fairer than absolute numbers. Regenerate on an idle machine: `python benchmarks/run.py --all`."
         )
         add("")
     add("## Speed and memory")
