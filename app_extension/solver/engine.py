@@ -26,6 +26,7 @@ from ..physics.multislice import forward
 from ..physics.optics import fourier_grid, make_probe, probe_modes
 from ..physics.propagator import propagator
 from .alignment import fit_drift, fourier_shift, post_align, slice_shifts
+from .allocator import tune_cpu_allocator
 from .config import Geometry, SolverConfig
 from .constraints import clamp_amplitude, orthogonalize_probe, smooth_depth
 from .losses import LOSSES
@@ -278,6 +279,8 @@ def reconstruct(
     """
     config = config or SolverConfig()
     device = torch.device(config.device)
+    if device.type == "cpu":
+        tune_cpu_allocator()
     problem = Problem(intensities, geometry, config, device)
     if state is None:
         state = initial_state(geometry, config, problem.window, problem.mean_intensity, device)
