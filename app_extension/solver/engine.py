@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from ..physics.multislice import forward
-from ..physics.optics import fourier_grid, make_probe, probe_modes
+from ..physics.optics import electron_wavelength, fourier_grid, make_probe, probe_modes
 from ..physics.propagator import propagator
 from .alignment import fit_drift, fourier_shift, post_align, slice_shifts
 from .allocator import tune_cpu_allocator
@@ -91,7 +91,7 @@ def initial_state(
 ) -> ReconstructionState:
     """Uniform object, aperture-and-defocus probe, initial tilt and dz."""
     sampling = 1.0 / (window * geometry.reciprocal_sampling)
-    wavelength = _wavelength(geometry)
+    wavelength = electron_wavelength(geometry.energy)
     pos_px = geometry.scan_positions / sampling
     margin = 4
     lo = pos_px.min(axis=0)
@@ -121,12 +121,6 @@ def initial_state(
         origin=origin,
         wavelength=wavelength,
     ).to(device)
-
-
-def _wavelength(geometry: Geometry) -> float:
-    from ..physics.optics import electron_wavelength
-
-    return electron_wavelength(geometry.energy)
 
 
 class Problem:
