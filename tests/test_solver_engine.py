@@ -375,3 +375,13 @@ def test_fpp_keeps_geometry_fixed(small):
     np.testing.assert_allclose(state.tilt_mrad, [2.0, 1.0])
     assert state.dz == 25.0
     assert state.post_alignment["tilt_mrad"].shape == (2,)
+
+
+def test_padded_probe_carries_the_measured_intensity(small):
+    """With padding the initial probe's intensity equals the (scaled) mean pattern sum, not the padded area."""
+    data, geometry = small
+    for padded_size in (None, 2 * N):
+        state = run(data, geometry, small_config(iterations=0, padded_size=padded_size))
+        total = float((state.probe.abs() ** 2).sum())
+        mean_sum = float(data.sum(axis=(-2, -1)).mean()) * state.intensity_scale
+        np.testing.assert_allclose(total, mean_sum, rtol=1e-4)

@@ -140,7 +140,9 @@ class Problem:
         # detector's units (counts, electrons, normalised).
         self.intensity_scale = float(n * n / data.sum(axis=(1, 2)).mean())
         data = data * np.float32(self.intensity_scale)
-        self.mean_intensity = float(window * window)
+        # The mean pattern sum after scaling: the probe's total intensity. With
+        # padding it is still n * n, since the measured pixels hold (nearly) all of it.
+        self.mean_intensity = float(n * n)
         # Patterns go to numpy FFT order (DC at [0, 0]) on the model grid once,
         # so the loop never shifts arrays. Padding: the unmeasured pixels are masked.
         if window > n:
