@@ -132,7 +132,6 @@ class Problem:
         window = config.padded_size or n
         if window < n:
             raise ValueError(f"padded_size ({window}) must be >= the pattern size ({n}).")
-        self.n_measured = n
         self.window = window
         self.device = torch.device(device)
         # Patterns are scaled so that their mean pixel value is 1 (the probe's mean
@@ -156,11 +155,16 @@ class Problem:
         else:
             self.mask = None
         shifted = np.fft.ifftshift(data, axes=(-2, -1))
-        self.intensities = torch.as_tensor(np.ascontiguousarray(shifted)).to(self.device)
-        self.amplitudes = torch.sqrt(self.intensities)
+        intensities = torch.as_tensor(np.ascontiguousarray(shifted)).to(self.device)
         self.num_positions = data.shape[0]
-        self.geometry = geometry
-        self.config = config
+        # Only what the loss compares with is kept (amplitudes for Eq. 1,
+        # intensities for Poisson), and the loss normaliser of the history.
+        if config.loss == "amplitude":
+            self.target = intensities.sqrt_()
+            self.norm = float(data.sum(dtype=np.float64))
+        else:
+            self.target = intensities
+            self.norm = float(self.num_positions)
 
     def grids(self, sampling: float):
         return fourier_grid((self.window, self.window), sampling, device=self.device)
@@ -296,8 +300,7 @@ def reconstruct(
     n_iter = config.iterations if iterations is None else int(iterations)
     ky, kx = problem.grids(state.sampling)
     loss_fn = LOSSES[config.loss]
-    target = problem.amplitudes if config.loss == "amplitude" else problem.intensities
-    norm = float(problem.intensities.sum()) if config.loss == "amplitude" else float(problem.num_positions)
+    target, norm = problem.target, problem.norm
     optimizer = _make_optimizer(state, config)
     dz_optimizer = _make_thickness_optimizer(state, config)
     generator = torch.Generator().manual_seed(config.seed + state.iteration)
