@@ -20,6 +20,7 @@ continued.
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -28,6 +29,7 @@ from hyperspy.misc.utils import DictionaryTreeBrowser
 from hyperspy.signals import BaseSignal, ComplexSignal2D, Signal1D, Signal2D
 
 from .solver.config import Geometry, SolverConfig
+from .solver.serialize import FORMAT, flatten, unflatten
 from .solver.state import HISTORY_KEYS, ReconstructionState
 from .units import angstrom_in
 
@@ -296,8 +298,33 @@ def state_to_signal(
         info["phase_turns"] = turns
     if state.post_alignment is not None:
         info["Post_alignment"] = post_alignment_to_metadata(state.post_alignment, state)
+    info["State"] = state_to_metadata(state, config, geometry)
     signal.metadata.set_item(RESULT_NODE, _arrays_for_sequences(info))
     return signal
+
+
+def state_to_metadata(state: ReconstructionState, config: SolverConfig, geometry: Geometry) -> dict:
+    """The solver state in its one serialised form (:mod:`app_extension.solver.serialize`).
+
+    ``json`` holds the document, ``arrays`` the arrays it points to (object,
+    probe, tilt, optimiser moments, ...); a run resumed from this node
+    continues exactly where it stopped.
+    """
+    document, arrays = flatten(state.to_tree({"config": config.to_dict(), "geometry": geometry.to_dict()}))
+    # HyperSpy's writers store no 0-d arrays in metadata: they go in as 1-element
+    # arrays and are named in ``scalar_arrays`` to be read back as 0-d.
+    scalars = [name for name, a in arrays.items() if a.ndim == 0]
+    arrays = {name: a.reshape(1) if a.ndim == 0 else a for name, a in arrays.items()}
+    return {"format": FORMAT, "json": document, "arrays": arrays, "scalar_arrays": json.dumps(scalars)}
+
+
+def state_from_metadata(node) -> tuple[ReconstructionState, dict]:
+    """Inverse of :func:`state_to_metadata`: (state, extra)."""
+    d = node.as_dictionary() if isinstance(node, DictionaryTreeBrowser) else dict(node)
+    arrays = {k: np.asarray(v) for k, v in d.get("arrays", {}).items()}
+    for name in json.loads(str(d.get("scalar_arrays", "[]"))):
+        arrays[name] = arrays[name].reshape(())
+    return ReconstructionState.from_tree(unflatten(str(d["json"]), arrays), with_extra=True)
 
 
 def _arrays_for_sequences(node: dict) -> dict:
@@ -323,27 +350,8 @@ def _result_node(signal: BaseSignal) -> DictionaryTreeBrowser:
 
 
 def config_from_dict(params: dict) -> SolverConfig:
-    """A :class:`SolverConfig` from a stored parameter dictionary (unknown keys ignored).
-
-    Values read back from HDF5/zarr (numpy scalars, arrays, 0 for "no
-    padding") get the field's Python type.
-    """
-    fields = SolverConfig.__dataclass_fields__
-    kwargs = {}
-    for key, value in params.items():
-        if key not in fields:
-            continue
-        default = fields[key].default
-        if isinstance(default, bool):
-            value = bool(value)
-        elif isinstance(default, int | float | str) and value is not None:
-            value = type(default)(value)
-        kwargs[key] = value
-    if kwargs.get("padded_size") == 0:
-        kwargs["padded_size"] = None
-    if "tilt" in kwargs:
-        kwargs["tilt"] = tuple(float(t) for t in np.ravel(kwargs["tilt"]))
-    return SolverConfig(**kwargs)
+    """A :class:`SolverConfig` from a stored parameter dictionary (see ``SolverConfig.from_dict``)."""
+    return SolverConfig.from_dict(params)
 
 
 def config_from_result(signal: BaseSignal) -> SolverConfig:
@@ -375,7 +383,11 @@ def load_resume(source) -> tuple[ReconstructionState, SolverConfig | None, dict 
 
         source = hs.load(path)
     if isinstance(source, BaseSignal):
-        geometry = _result_node(source).Geometry.as_dictionary()
+        node = _result_node(source)
+        if node.has_item("State"):
+            state, extra = state_from_metadata(node.State)
+            return state, config_from_dict(extra["config"]), extra["geometry"]
+        geometry = node.Geometry.as_dictionary()
         return signal_to_state(source), config_from_result(source), geometry
     raise TypeError(
         "resume must be a result of ptycho_app, a file it was saved to (.hspy/.zspy), a checkpoint "
@@ -392,6 +404,8 @@ def signal_to_state(signal: BaseSignal) -> ReconstructionState:
     import torch
 
     node = _result_node(signal)
+    if node.has_item("State"):
+        return state_from_metadata(node.State)[0]
     obj = np.asarray(signal.data)
     sy, sx = signal.axes_manager.signal_axes[1], signal.axes_manager.signal_axes[0]
     sampling = float(node.pixel_size)
@@ -413,7 +427,7 @@ def signal_to_state(signal: BaseSignal) -> ReconstructionState:
         probe=torch.as_tensor(probe.astype(np.complex64)),
         tilt=torch.as_tensor(tilt),
         slice_thickness=torch.tensor(float(node.slice_thickness), dtype=torch.float32),
-        positions_px=torch.as_tensor(corners, dtype=torch.float32),
+        window_corners=torch.as_tensor(corners, dtype=torch.float32),
         sampling=sampling,
         origin=origin,
         wavelength=float(node.wavelength),

@@ -102,6 +102,7 @@ def main(argv=None) -> None:
     from torch.profiler import ProfilerActivity, profile
 
     import app_extension.solver.engine as engine
+    import app_extension.solver.steps as steps_mod
     from app_extension.solver.state import ReconstructionState
 
     ds = load_dataset(args.data)
@@ -120,11 +121,11 @@ def main(argv=None) -> None:
 
         return wrapper
 
-    engine._drift_step = timed("tilt/drift step (numpy)", engine._drift_step)
-    engine.smooth_depth = timed("depth smoothing", engine.smooth_depth)
-    engine.forward = timed("forward model (call)", engine.forward)
+    steps_mod.move_drift_into_tilt = timed("drift-to-tilt step (numpy)", steps_mod.move_drift_into_tilt)
+    steps_mod.smooth_depth = timed("depth prior", steps_mod.smooth_depth)
+    steps_mod.forward = timed("forward model (call)", steps_mod.forward)
     ReconstructionState.clone = timed("state.clone (last good)", ReconstructionState.clone)
-    engine.Problem = timed("Problem setup (per call)", engine.Problem)
+    engine.MeasuredData = timed("MeasuredData setup (per call)", engine.MeasuredData)
 
     state = engine.reconstruct(ds.intensities, geom, cfg, show_progressbar=False)  # warm-up, iteration 0
     steps.clear()

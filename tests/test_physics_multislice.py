@@ -15,17 +15,17 @@ WAVELENGTH = 0.0196875  # Å
 SAMPLING = 0.35  # Å per pixel
 
 
-def numpy_forward(probe, obj, positions_px, dz, tilts_mrad):
+def numpy_forward(probe, obj, window_corners, dz, tilts_mrad):
     """Reference multislice, one scan position and one probe mode at a time.
 
-    probe (M, N, N); obj complex (S, H, W); positions_px (B, 2) top-left corners
+    probe (M, N, N); obj complex (S, H, W); window_corners (B, 2) top-left corners
     (row, col); tilts_mrad None or (B, 2). Returns (B, N, N) intensities, DC at [0, 0].
     """
     n = probe.shape[-1]
     f = np.fft.fftfreq(n)  # cycles per pixel
     k = f / SAMPLING  # 1/Å
-    out = np.zeros((len(positions_px), n, n))
-    for j, pos in enumerate(positions_px):
+    out = np.zeros((len(window_corners), n, n))
+    for j, pos in enumerate(window_corners):
         row, col = int(np.floor(pos[0])), int(np.floor(pos[1]))
         dy, dx = pos[0] - row, pos[1] - col
         ramp = np.exp(-2j * np.pi * (f[:, None] * dy + f[None, :] * dx))

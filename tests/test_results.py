@@ -157,7 +157,7 @@ def test_save_load_and_back_to_state(tmp_path, runs, small_dataset, mode, extens
     torch.testing.assert_close(back.phase, state.phase, atol=1e-5, rtol=0)
     torch.testing.assert_close(back.amplitude, state.amplitude, atol=1e-6, rtol=0)
     torch.testing.assert_close(back.probe, state.probe)
-    torch.testing.assert_close(back.positions_px, state.positions_px, atol=1e-4, rtol=0)
+    torch.testing.assert_close(back.window_corners, state.window_corners, atol=1e-4, rtol=0)
     np.testing.assert_allclose(
         [back.dz, back.sampling, back.wavelength], [state.dz, state.sampling, state.wavelength]
     )

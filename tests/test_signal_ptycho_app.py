@@ -23,7 +23,7 @@ def test_end_to_end_app(small_signal, small_dataset, lazy):
         batch_size=16,
         lr_tilt=0.1,
         start_probe=100,
-        tilt_alignment_every=0,
+        drift_to_tilt_every=0,
         **FAST,
     )
     assert isinstance(result, hs.signals.ComplexSignal2D)

@@ -11,7 +11,8 @@ from app_extension.physics.optics import fourier_grid
 from app_extension.physics.propagator import propagator
 from app_extension.solver.alignment import fit_drift, fourier_shift, post_align, register_shift, slice_shifts
 from app_extension.solver.config import Geometry, SolverConfig
-from app_extension.solver.engine import _drift_step, initial_state
+from app_extension.solver.engine import initial_state
+from app_extension.solver.steps import move_drift_into_tilt
 
 
 def smooth_random_image(shape=(64, 64), width_px=2.5, seed=0) -> np.ndarray:
@@ -97,7 +98,7 @@ def test_slice_shifts_with_roi():
 
 @pytest.mark.parametrize("tilt_map", [False, True], ids=["global", "tilt-map"])
 @pytest.mark.parametrize("drift", [(-0.3, 0.5), (0.25, -0.6)])
-def test_drift_step_moves_slice_drift_into_tilt(drift, tilt_map):
+def test_drift_to_tilt_moves_slice_drift_into_tilt(drift, tilt_map):
     n, dz, tilt0 = 32, 30.0, np.array([1.0, 2.0])
     geometry = Geometry(
         energy=300e3,
@@ -123,10 +124,10 @@ def test_drift_step_moves_slice_drift_into_tilt(drift, tilt_map):
     def patterns():
         tilt = state.tilt[0] if state.tilt.shape[0] == 1 else state.tilt
         prop = propagator(ky, kx, state.wavelength, state.slice_thickness, tilt)
-        return forward(state.probe, state.phase, state.amplitude, state.positions_px, prop).numpy()
+        return forward(state.probe, state.phase, state.amplitude, state.window_corners, prop).numpy()
 
     before = patterns()
-    change = _drift_step(state, n)
+    change = move_drift_into_tilt(state, n)
     after = patterns()
     # drift towards +x with depth is a tilt towards +theta_x
     want = np.arctan(np.tan(tilt0 * 1e-3) + np.array(drift[::-1]) * state.sampling / dz) * 1e3

@@ -100,7 +100,7 @@ RECOVERY = dict(
     iterations=30,
     batch_size=20,
     lr_probe=0.0,
-    tilt_alignment_every=3,
+    drift_to_tilt_every=3,
 )
 
 
@@ -197,7 +197,7 @@ def test_history_and_state_fields(small):
     assert state.history["slice_thickness"][-1] == pytest.approx(state.dz)
     # the first scan position sits at the origin + half a window from object pixel [0, 0]
     yy, xx = state.coordinates()
-    row, col = state.positions_px[0].numpy() + N // 2
+    row, col = state.window_corners[0].numpy() + N // 2
     np.testing.assert_allclose(
         [np.interp(row, np.arange(yy.size), yy), np.interp(col, np.arange(xx.size), xx)],
         [0.0, 0.0],

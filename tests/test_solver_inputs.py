@@ -7,19 +7,20 @@ import pytest
 import torch
 
 from app_extension.solver.config import Geometry, SolverConfig
-from app_extension.solver.engine import prepare_intensities, reconstruct
+from app_extension.solver.data import check_intensities
+from app_extension.solver.engine import reconstruct
 
 
 def good_data(p=4, n=8) -> np.ndarray:
     return np.random.default_rng(0).uniform(0, 1, (p, n, n)).astype(np.float32)
 
 
-def test_prepare_intensities_accepts_3d_4d_and_torch():
+def test_check_intensities_accepts_3d_4d_and_torch():
     data = good_data(6)
-    out = prepare_intensities(data)
+    out = check_intensities(data)
     assert out.dtype == np.float32 and out.shape == (6, 8, 8)
-    np.testing.assert_array_equal(prepare_intensities(data.reshape(2, 3, 8, 8)), data)
-    np.testing.assert_array_equal(prepare_intensities(torch.as_tensor(data.astype(np.float64))), data)
+    np.testing.assert_array_equal(check_intensities(data.reshape(2, 3, 8, 8)), data)
+    np.testing.assert_array_equal(check_intensities(torch.as_tensor(data.astype(np.float64))), data)
 
 
 def _with(data: np.ndarray, index, value) -> np.ndarray:
@@ -42,21 +43,21 @@ def _with(data: np.ndarray, index, value) -> np.ndarray:
     ],
     ids=["2d", "5d", "non-square", "non-square-4d", "nan", "inf", "negative", "zeros"],
 )
-def test_prepare_intensities_rejects(data, match):
+def test_check_intensities_rejects(data, match):
     with pytest.raises(ValueError, match=match):
-        prepare_intensities(data)
+        check_intensities(data)
 
 
-def test_prepare_intensities_rejects_complex_and_count_mismatch():
+def test_check_intensities_rejects_complex_and_count_mismatch():
     with pytest.raises(TypeError, match="real"):
-        prepare_intensities(good_data().astype(np.complex64))
+        check_intensities(good_data().astype(np.complex64))
     with pytest.raises(ValueError, match="4 patterns but 5 scan positions"):
-        prepare_intensities(good_data(4), num_positions=5)
+        check_intensities(good_data(4), num_positions=5)
 
 
 def test_nan_message_points_at_pattern():
     with pytest.raises(ValueError, match="pattern 2"):
-        prepare_intensities(_with(good_data(), (2, 5, 5), np.nan))
+        check_intensities(_with(good_data(), (2, 5, 5), np.nan))
 
 
 GEOMETRY = dict(energy=300e3, semiangle=20.0, reciprocal_sampling=0.05, scan_positions=np.zeros((4, 2)))
@@ -101,7 +102,7 @@ def test_geometry_raster():
         (dict(mode="epie"), "mode"),
         (dict(loss="gaussian"), "loss"),
         (dict(tilt=(0.5, 350.0)), "mrad"),  # degrees or µrad given as mrad
-        (dict(tilt=(1.0, 2.0, 3.0)), "pair"),
+        (dict(tilt=(1.0, 2.0, 3.0)), "tilt"),
         (dict(tilt=(np.nan, 0.0)), "tilt"),
         (dict(num_slices=0), "num_slices"),
         (dict(num_slices=2.5), "num_slices"),
@@ -146,5 +147,5 @@ def test_reconstruct_rejects_state_from_other_data():
             good_data(4, 16), geometry, SolverConfig(iterations=0), state=state, show_progressbar=False
         )
     other = Geometry(**{**GEOMETRY, "reciprocal_sampling": 0.1, "scan_positions": np.zeros((5, 2))})
-    with pytest.raises(ValueError, match="different number of scan positions"):
+    with pytest.raises(ValueError, match="made for 4 scan positions"):
         reconstruct(good_data(5, 8), other, SolverConfig(iterations=0), state=state, show_progressbar=False)

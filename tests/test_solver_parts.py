@@ -82,7 +82,7 @@ def _state(num_tilts=1) -> ReconstructionState:
         probe=torch.ones((2, 8, 8), dtype=torch.complex64),
         tilt=torch.tensor([[1.5, -2.0]] * num_tilts),
         slice_thickness=torch.tensor(12.5),
-        positions_px=torch.tensor([[4.0, 4.0], [4.0, 10.5], [9.0, 4.0]]),
+        window_corners=torch.tensor([[4.0, 4.0], [4.0, 10.5], [9.0, 4.0]]),
         sampling=0.25,
         origin=(-2.0, -3.0),
         wavelength=0.0196875,

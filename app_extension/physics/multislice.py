@@ -225,7 +225,7 @@ def forward(
     probe: torch.Tensor,
     phase: torch.Tensor,
     amplitude: torch.Tensor,
-    positions_px: torch.Tensor,
+    window_corners: torch.Tensor,
     prop: torch.Tensor,
     reference: bool = False,
 ) -> torch.Tensor:
@@ -237,7 +237,7 @@ def forward(
         Probe modes, complex (M, N, N), centred in the window.
     phase, amplitude
         Object slices, real (S, H, W).
-    positions_px
+    window_corners
         Top-left corner of each probe window in object pixels (row, col),
         float (B, 2); the integer part selects the patch, the fraction shifts
         the probe.
@@ -254,8 +254,8 @@ def forward(
         compare with a detector image).
     """
     size = probe.shape[-2:]
-    corners = torch.floor(positions_px).long()
-    frac = positions_px - corners
+    corners = torch.floor(window_corners).long()
+    frac = window_corners - corners
     probes = shift_probes(probe, frac.to(probe.real.dtype))
     if reference:
         obj = transmission(extract_patches(phase, corners, size), extract_patches(amplitude, corners, size))

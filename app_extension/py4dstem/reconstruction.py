@@ -36,11 +36,12 @@ import warnings
 from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
-from emdfile import Array, Custom, Metadata, _read_metadata
+from emdfile import Custom, Metadata, _read_metadata
 
 from ..solver.config import Geometry, SolverConfig
-from ..solver.engine import prepare_intensities
+from ..solver.data import check_intensities
 from ..solver.engine import reconstruct as _solve
+from ..solver.serialize import NotAStateError, read_h5, write_h5
 from ..solver.state import ReconstructionState
 from .convert import read_datacube_calibration
 
@@ -106,6 +107,10 @@ def _solver_aberrations(params: Mapping) -> tuple[float, dict]:
             if name[2] != "0":
                 aberrations[f"phi{name[1:]}"] = float(np.pi / 2 - angle)
     return defocus, aberrations
+
+
+#: Name of the HDF5 subgroup that holds the solver state (app_extension.solver.serialize).
+_STATE_GROUP = "app_extension_state"
 
 
 class AdaptivePropagatorPtychography(Custom):
@@ -277,7 +282,7 @@ class AdaptivePropagatorPtychography(Custom):
             )
         if self._flip:
             data = np.swapaxes(data, 2, 3)
-        return prepare_intensities(data)
+        return check_intensities(data)
 
     def preprocess(
         self,
@@ -547,7 +552,7 @@ class AdaptivePropagatorPtychography(Custom):
         """(J, 2) probe positions in Å in the object frame, (x, y) = (row, column)."""
         state = self._need_state()
         window = int(state.probe.shape[-1])
-        return (state.positions_px.detach().cpu().numpy().astype(np.float64) + window // 2) * state.sampling
+        return (state.window_corners.detach().cpu().numpy().astype(np.float64) + window // 2) * state.sampling
 
     @property
     def history(self) -> dict:
@@ -653,7 +658,6 @@ class AdaptivePropagatorPtychography(Custom):
     def to_h5(self, group):
         """Write to an open HDF5 group (used by ``py4DSTEM.save``); the DataCube is not saved."""
         state = self._need_state()
-        d = state.to_dict()
         instantiation = {
             "energy": self._energy,
             "num_slices": self._num_slices,
@@ -667,61 +671,31 @@ class AdaptivePropagatorPtychography(Custom):
             "name": self.name,
         }
         self.metadata = Metadata(name="instantiation_metadata", data=instantiation)
-        self.metadata = Metadata(
-            name="solver_metadata",
-            data={
-                "config": json.dumps(self._config.to_dict()),
-                "geometry": json.dumps(
-                    {k: v for k, v in self._geometry.to_dict().items() if k != "scan_positions"}
-                ),
-                "calibration": json.dumps(self._calibration),
-                "scan_shape": json.dumps(list(self._scan_shape)),
+        # The solver's state goes in the one serialised form shared with the checkpoint
+        # and the HyperSpy result (app_extension.solver.serialize), as a subgroup.
+        tree = state.to_tree(
+            extra={
+                "config": self._config.to_dict(),
+                "geometry": self._geometry.to_dict(),
+                "calibration": self._calibration,
+                "scan_shape": list(self._scan_shape),
                 "flip": bool(self._flip),
-                "state_scalars": json.dumps(
-                    {
-                        k: d[k]
-                        for k in (
-                            "sampling",
-                            "origin",
-                            "wavelength",
-                            "intensity_scale",
-                            "iteration",
-                            "status",
-                        )
-                    }
-                ),
-                "history": json.dumps(d["history"]),
-                "format": "app_extension-py4dstem-1",
-            },
+            }
         )
-        arrays = {
-            "phase": d["phase"].numpy(),
-            "amplitude": d["amplitude"].numpy(),
-            "probe": d["probe"].numpy(),
-            "tilt": d["tilt"].numpy(),
-            "slice_thickness": d["slice_thickness"].numpy().reshape(1),
-            "positions_px": d["positions_px"].numpy(),
-            "scan_positions": np.asarray(self._geometry.scan_positions),
-        }
-        for key, value in arrays.items():
-            setattr(self, f"_emd_{key}", Array(name=key, data=value))
-        if state.post_alignment is not None:
-            self.metadata = Metadata(name="post_alignment", data=dict(state.post_alignment))
         datacube, self._datacube = self._datacube, None
         try:
             group = Custom.to_h5(self, group)
         finally:
             self._datacube = datacube
-            for key in arrays:
-                delattr(self, f"_emd_{key}")
+        write_h5(group.create_group(_STATE_GROUP), tree)
         return group
 
     @classmethod
     def _get_constructor_args(cls, group) -> dict:
         md = _read_metadata(group, "instantiation_metadata")
-        solver = _read_metadata(group, "solver_metadata")
-        config = json.loads(solver["config"])
-        kwargs = {
+        config = read_h5(group[_STATE_GROUP])["extra"]["config"]
+        theta_x, theta_y = cls.tilt_to_py4dstem(*config["tilt"])
+        return {
             "energy": md["energy"],
             "num_slices": md["num_slices"],
             "slice_thicknesses": md["slice_thicknesses"],
@@ -732,45 +706,20 @@ class AdaptivePropagatorPtychography(Custom):
             "tilt_map": md["tilt_map"],
             "verbose": md["verbose"],
             "name": md["name"],
-            "theta_x": cls.tilt_to_py4dstem(*config["tilt"])[0],
-            "theta_y": cls.tilt_to_py4dstem(*config["tilt"])[1],
+            "theta_x": theta_x,
+            "theta_y": theta_y,
         }
-        return kwargs
 
     def _populate_instance(self, group) -> None:
-        import torch
-
-        solver = _read_metadata(group, "solver_metadata")
-        config = json.loads(solver["config"])
-        config["tilt"] = tuple(config["tilt"])
-        known = SolverConfig.__dataclass_fields__
-        self._config = SolverConfig(**{k: v for k, v in config.items() if k in known})
+        if _STATE_GROUP not in group:
+            raise NotAStateError(f"{group.name} holds no app_extension state; was it written by this version?")
+        self.state, extra = ReconstructionState.from_tree(read_h5(group[_STATE_GROUP]), with_extra=True)
+        self._config = SolverConfig.from_dict(extra["config"])
         self._device = self._config.device
-        data = {k: v.data for k, v in Custom._get_emd_attr_data(Custom, group).items() if hasattr(v, "data")}
-
-        def arr(key):
-            return np.asarray(data[f"_emd_{key}"])
-
-        geometry = json.loads(solver["geometry"])
-        self._geometry = Geometry(scan_positions=arr("scan_positions"), **geometry)
-        self._calibration = json.loads(solver["calibration"])
-        self._scan_shape = tuple(json.loads(solver["scan_shape"]))
-        self._flip = bool(solver["flip"])
-        scalars = json.loads(solver["state_scalars"])
-        state_dict = {
-            "phase": torch.as_tensor(arr("phase")),
-            "amplitude": torch.as_tensor(arr("amplitude")),
-            "probe": torch.as_tensor(arr("probe")),
-            "tilt": torch.as_tensor(arr("tilt")),
-            "slice_thickness": torch.as_tensor(arr("slice_thickness")).reshape(()),
-            "positions_px": torch.as_tensor(arr("positions_px")),
-            "history": json.loads(solver["history"]),
-            **scalars,
-        }
-        pa = _read_metadata(group, "post_alignment")
-        if pa:
-            state_dict["post_alignment"] = {k: v for k, v in pa._params.items()}
-        self.state = ReconstructionState.from_dict(state_dict)
+        self._geometry = Geometry(**extra["geometry"])
+        self._calibration = extra["calibration"]
+        self._scan_shape = tuple(extra["scan_shape"])
+        self._flip = bool(extra["flip"])
         self._intensities = None
         self._preprocessed = True
 

@@ -45,8 +45,8 @@ _PLAIN_OPTIONS = (
     "start_tilt",
     "start_dz",
     "depth_regularization",
-    "tilt_alignment_every",
-    "tilt_alignment_start",
+    "drift_to_tilt_every",
+    "drift_to_tilt_start",
     "max_amplitude",
     "divergence_factor",
 )
@@ -135,8 +135,8 @@ class AppPtychography2D(Signal2D):
         start_tilt: int | None = None,
         start_dz: int | None = None,
         depth_regularization: float | None = None,
-        tilt_alignment_every: int | None = None,
-        tilt_alignment_start: int | None = None,
+        drift_to_tilt_every: int | None = None,
+        drift_to_tilt_start: int | None = None,
         max_amplitude: float | None = None,
         divergence_factor: float | None = None,
         resume=None,
@@ -203,7 +203,7 @@ class AppPtychography2D(Signal2D):
             First iteration (0-based) at which each is learned.
         depth_regularization
             Weight in [0, 1) of the smoothness prior along depth.
-        tilt_alignment_every, tilt_alignment_start
+        drift_to_tilt_every, drift_to_tilt_start
             APP: move the slices' lateral drift into the tilt every this many
             iterations, from this iteration on (0 = never).
         max_amplitude

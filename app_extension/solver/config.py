@@ -12,7 +12,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-__all__ = ["Geometry", "SolverConfig"]
+from .options import Option, OptionError, check, option, options_of
+
+__all__ = ["Geometry", "SolverConfig", "ExperimentOptions", "OptionError"]
 
 
 @dataclass
@@ -87,121 +89,105 @@ class Geometry:
 
 @dataclass
 class SolverConfig:
-    """Reconstruction options (all optional).
+    """Reconstruction options, each declared once (see :mod:`.options`).
 
-    Parameters
-    ----------
-    mode
-        ``"app"``: adaptive propagator, tilt and slice thickness learned.
-        ``"fpp"``: fixed propagator at ``tilt`` (default 0) and
-        ``slice_thickness``, with post-alignment of the slices.
-    num_slices
-        Number of object slices S.
-    slice_thickness
-        Initial slice thickness dz in Å (total thickness is S * dz).
-    tilt
-        Initial tilt (theta_x, theta_y) in mrad.
-    tilt_map
-        Learn one tilt per scan position (extended APP) instead of one global tilt.
-    iterations
-        Passes over all scan positions.
-    batch_size
-        Scan positions per gradient step.
-    probe_modes
-        Number of mixed-state probe modes M.
-    loss
-        ``"amplitude"`` (Eq. 1) or ``"poisson"``.
-    padded_size
-        Pad the patterns to this many pixels per side in the model (the
-        paper padded 128 to 256 to halve the real-space pixel); ``None`` for none.
-    lr_object, lr_probe, lr_tilt, lr_dz
-        Adam step sizes: object phase (rad) and amplitude, probe (in units of
-        its root-mean-square amplitude; the solver scales the patterns to a
-        mean pixel value of 1), tilt (mrad), slice thickness (Å). Object,
-        probe and tilt take an Adam step per batch; the slice thickness takes
-        one sign-based (Rprop) step per iteration, with the gradient of the
-        whole pass: ``lr_dz`` is its first step, which then grows while the
-        gradient keeps its sign and halves when it flips.
-    start_probe, start_tilt, start_dz
-        First iteration (0-based) at which each is learned.
-    depth_regularization
-        Weight in [0, 1) of the z-smoothness prior: after every iteration each
-        slice's phase and amplitude move that fraction towards the mean of
-        their neighbours. It keeps the slices a crystal seen along its axis,
-        which is what makes tilt and thickness well defined. ``None`` (the
-        default) means 0.5 for APP and 0 for FPP, whose slices are sheared by
-        the tilt and must stay free for the post-alignment to measure it.
-    tilt_alignment_every
-        In APP mode, every this many iterations the slices' remaining lateral
-        drift with depth is measured by cross-correlation and moved into the
-        tilt (a change of variables that leaves the model's patterns unchanged).
-        0 switches it off.
-    tilt_alignment_start
-        First iteration at which the drift step runs.
-    max_amplitude
-        Upper clamp of the object amplitude (1 = no gain).
-    divergence_factor
-        Stop (status ``"diverged"``, last good state kept) when a batch's
-        loss per position exceeds this multiple of the lowest seen in the run,
-        or is not finite.
-    seed
-        Random seed (mini-batch order, probe modes). CPU runs are deterministic.
-    device
-        Torch device, e.g. ``"cpu"`` or ``"cuda"``.
+    Every field carries its type, unit, default, valid range and help text;
+    the front ends' signatures, checks, docstrings and CLI flags derive from
+    them. Values are checked and normalised on construction (strings with
+    units are converted: ``slice_thickness="2 nm"`` becomes 20.0 Å).
     """
 
-    mode: str = "app"
-    num_slices: int = 5
-    slice_thickness: float = 20.0
-    tilt: tuple[float, float] = (0.0, 0.0)
-    tilt_map: bool = False
-    iterations: int = 20
-    batch_size: int = 64
-    probe_modes: int = 1
-    loss: str = "amplitude"
-    padded_size: int | None = None
-    lr_object: float = 2e-2
-    lr_probe: float = 1e-2
-    lr_tilt: float = 0.1
-    lr_dz: float = 0.5
-    start_probe: int = 1
-    start_tilt: int = 1
-    start_dz: int = 2
-    depth_regularization: float | None = None
-    tilt_alignment_every: int = 1
-    tilt_alignment_start: int = 1
-    max_amplitude: float = 1.0
-    divergence_factor: float = 1e3
-    seed: int = 0
-    device: str = "cpu"
+    mode: str = option(
+        "app",
+        "'app': adaptive propagator, tilt and slice thickness learned; 'fpp': fixed propagator at `tilt` "
+        "and `slice_thickness`, with post-alignment of the slices.",
+        kind="str",
+        choices=("app", "fpp"),
+    )
+    num_slices: int = option(5, "Number of object slices S.", kind="int", low=1, high=1000)
+    slice_thickness: float = option(
+        20.0, "Initial slice thickness dz (total thickness = S * dz).", unit="Å", low=0, open_low=True, high=1e4
+    )
+    tilt: tuple[float, float] = option(
+        (0.0, 0.0),
+        "Initial specimen tilt (theta_x, theta_y); theta_x > 0: columns lean toward +x with depth.",
+        kind="pair",
+        unit="mrad",
+        low=-200,
+        high=200,
+    )
+    tilt_map: bool = option(
+        False, "Learn one tilt per scan position (extended APP) instead of one global tilt.", kind="bool"
+    )
+    iterations: int = option(20, "Passes over all scan positions.", kind="int", low=0, high=1e6)
+    batch_size: int = option(64, "Scan positions per gradient step.", kind="int", low=1, high=1e6)
+    probe_modes: int = option(1, "Number of mixed-state probe modes M.", kind="int", low=1, high=64)
+    loss: str = option(
+        "amplitude", "Data term: 'amplitude' (Eq. 1) or 'poisson'.", kind="str", choices=("amplitude", "poisson")
+    )
+    padded_size: int | None = option(
+        None,
+        "Pad the patterns to this many pixels per side in the model (halves the real-space pixel when "
+        "doubled); None: no padding.",
+        kind="int",
+        low=2,
+        high=8192,
+        allow_none=True,
+    )
+    lr_object: float = option(2e-2, "Adam step size of the object phase (rad) and amplitude.", low=0)
+    lr_probe: float = option(
+        1e-2, "Adam step size of the probe, in units of its root-mean-square amplitude.", low=0
+    )
+    lr_tilt: float = option(0.1, "Adam step size of the tilt.", unit="mrad", low=0, high=100)
+    lr_dz: float = option(
+        0.5,
+        "First Rprop step of the slice thickness (one step per iteration with the whole pass's gradient; "
+        "grows while the gradient keeps its sign, halves when it flips).",
+        unit="Å",
+        low=0,
+        high=100,
+    )
+    start_probe: int = option(1, "First iteration (0-based) at which the probe is learned.", kind="int", low=0)
+    start_tilt: int = option(1, "First iteration at which the tilt is learned (APP).", kind="int", low=0)
+    start_dz: int = option(2, "First iteration at which the slice thickness is learned (APP).", kind="int", low=0)
+    depth_regularization: float | None = option(
+        None,
+        "Weight in [0, 1) of the depth prior: after each iteration every slice moves this fraction toward "
+        "its neighbours' mean. None: 0.5 for APP, 0 for FPP (whose slices must stay free for post-alignment).",
+        low=0,
+        high=1,
+        open_high=True,
+        allow_none=True,
+    )
+    drift_to_tilt_every: int = option(
+        1,
+        "APP: every this many iterations, measure the slices' remaining lateral drift with depth and move it "
+        "into the tilt (an exact change of variables); 0 switches it off.",
+        kind="int",
+        low=0,
+    )
+    drift_to_tilt_start: int = option(
+        1, "First iteration at which the drift-to-tilt step runs.", kind="int", low=0
+    )
+    max_amplitude: float = option(1.0, "Upper clamp of the object amplitude (1 = no gain).", low=0, open_low=True)
+    divergence_factor: float = option(
+        1e3,
+        "Stop (status 'diverged', last good state kept) when a batch's loss per position exceeds this "
+        "multiple of the lowest seen, or is not finite.",
+        low=1,
+        open_low=True,
+    )
+    seed: int = option(0, "Random seed (mini-batch order, probe modes); CPU runs are deterministic.", kind="int", low=0)
+    device: str = option("cpu", "Torch device: 'cpu', 'cuda', 'cuda:1' ('gpu' = 'cuda').", kind="device")
 
     def __post_init__(self):
-        self.mode = str(self.mode).lower()
-        if self.mode not in ("app", "fpp"):
-            raise ValueError(f"mode must be 'app' or 'fpp', got {self.mode!r}.")
-        self.loss = str(self.loss).lower()
-        if self.loss not in ("amplitude", "poisson"):
-            raise ValueError(f"loss must be 'amplitude' or 'poisson', got {self.loss!r}.")
-        for name in ("num_slices", "iterations", "batch_size", "probe_modes"):
-            value = getattr(self, name)
-            if int(value) != value or value < (0 if name == "iterations" else 1):
-                raise ValueError(f"{name} must be a positive integer, got {value!r}.")
-            setattr(self, name, int(value))
-        if not np.isfinite(self.slice_thickness) or self.slice_thickness <= 0:
-            raise ValueError(f"slice_thickness must be > 0 Å, got {self.slice_thickness!r}.")
-        tilt = tuple(float(t) for t in np.ravel(self.tilt))
-        if len(tilt) != 2 or not np.all(np.isfinite(tilt)):
-            raise ValueError(f"tilt must be a pair (theta_x, theta_y) in mrad, got {self.tilt!r}.")
-        if max(abs(t) for t in tilt) > 200:
-            raise ValueError(f"tilt {tilt} mrad is implausibly large; give it in mrad, not µrad or degrees.")
-        self.tilt = tilt
-        if not self.divergence_factor > 1:
-            raise ValueError(f"divergence_factor must be > 1, got {self.divergence_factor}.")
-        if self.depth_regularization is not None and not 0 <= self.depth_regularization < 1:
-            raise ValueError(f"depth_regularization must be in [0, 1), got {self.depth_regularization}.")
-        for name in ("lr_object", "lr_probe", "lr_tilt", "lr_dz"):
-            if getattr(self, name) < 0:
-                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}.")
+        for name, opt in options_of(type(self)).items():
+            setattr(self, name, check(opt, getattr(self, name)))
+
+    @classmethod
+    def options(cls) -> dict[str, Option]:
+        """The declared options (name -> :class:`~.options.Option`)."""
+        return options_of(cls)
 
     @property
     def depth_weight(self) -> float:
@@ -216,10 +202,87 @@ class SolverConfig:
         return self.mode == "app"
 
     def replace(self, **changes) -> SolverConfig:
-        """A copy with some options changed."""
+        """A copy with some options changed (unknown names raise :class:`~.options.OptionError`)."""
+        unknown = sorted(set(changes) - set(self.options()))
+        if unknown:
+            raise OptionError(f"unknown option(s) {unknown}; the options are {sorted(self.options())}.")
         return dataclasses.replace(self, **changes)
 
     def to_dict(self) -> dict:
         d = dataclasses.asdict(self)
         d["tilt"] = list(self.tilt)
         return d
+
+    @classmethod
+    def from_dict(cls, params) -> SolverConfig:
+        """Options from a stored dictionary (``to_dict``, or read back from HDF5/zarr).
+
+        Unknown keys are ignored; numpy scalars and arrays are converted by the
+        options' own checks; 0 for ``padded_size`` means no padding; the names
+        of older versions (``tilt_alignment_*``) are read as today's.
+        """
+        params = dict(params)
+        for old, new in _RENAMED.items():
+            if old in params and new not in params:
+                params[new] = params.pop(old)
+        known = cls.options()
+        kwargs = {}
+        for key, value in params.items():
+            if key not in known:
+                continue
+            if isinstance(value, np.ndarray):
+                value = value.tolist() if value.ndim else value.item()
+            if isinstance(value, np.generic):
+                value = value.item()
+            kwargs[key] = value
+        if kwargs.get("padded_size") == 0:
+            kwargs["padded_size"] = None
+        return cls(**kwargs)
+
+
+#: Options renamed since earlier versions (old name -> new name).
+_RENAMED = {"tilt_alignment_every": "drift_to_tilt_every", "tilt_alignment_start": "drift_to_tilt_start"}
+
+
+@dataclass
+class ExperimentOptions:
+    """Options that set the probe and the scan rather than the optimisation.
+
+    They change the physics of the model, so a resumed run refuses them
+    unless they equal the run's own values.
+    """
+
+    defocus: float | None = option(
+        None,
+        "Defocus = -C10 (positive = underfocus, as in abTEM and py4DSTEM); a starting value. None: the "
+        "file's metadata, else 0.",
+        unit="Å",
+        low=-1e6,
+        high=1e6,
+        allow_none=True,
+    )
+    scan_rotation: float | None = option(
+        None,
+        "Rotation of the scan's fast axis from the detector's column axis, counter-clockwise with y up "
+        "(clockwise as displayed, y down). None: the file's, else 0.",
+        unit="deg",
+        low=-360,
+        high=360,
+        allow_none=True,
+    )
+    aberrations: dict | None = option(
+        None,
+        "Further probe aberrations as polar coefficients, e.g. {'C30': '1.2 mm', 'C12': 20, 'phi12': 0.3} "
+        "(numbers in Å, angles in rad).",
+        kind="dict",
+        allow_none=True,
+        cli=False,
+    )
+
+    def __post_init__(self):
+        for name, opt in options_of(type(self)).items():
+            setattr(self, name, check(opt, getattr(self, name)))
+
+    @classmethod
+    def options(cls) -> dict[str, Option]:
+        return options_of(cls)

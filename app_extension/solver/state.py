@@ -1,18 +1,24 @@
 """Everything a reconstruction has learned, in one serialisable place.
 
 A :class:`ReconstructionState` holds the object slices, probe modes, tilt, slice
-thickness, the scan positions on the object grid and the per-iteration
-history. ``save``/``load`` write it to one file, so a run can be checkpointed
-and resumed with :func:`app_extension.solver.engine.reconstruct`.
+thickness, the probe windows on the object grid, the optimisers' moments and
+the per-iteration history. :meth:`ReconstructionState.to_tree` gives the one
+serialised form (see :mod:`.serialize`) that checkpoints, HyperSpy results and
+py4DSTEM files all store, so a run resumed from any of them continues exactly
+as if it had never stopped.
 """
 
 from __future__ import annotations
 
+import copy
+import math
 import os
 from dataclasses import dataclass, field
 
 import numpy as np
 import torch
+
+from .serialize import FORMAT, NotAStateError, read_h5, write_h5
 
 __all__ = ["ReconstructionState", "HISTORY_KEYS"]
 
@@ -34,9 +40,10 @@ class ReconstructionState:
         (T, 2) tilt (theta_x, theta_y) in mrad; T = 1 (global) or P (tilt map).
     slice_thickness
         dz in Å (0-d tensor).
-    positions_px
-        (P, 2) top-left corners (row, col) of each probe window on the object
-        grid, in pixels (float).
+    window_corners
+        (P, 2) top-left corners (row, col) of each scan position's probe
+        window on the object grid, in pixels (float; the probe centre is at
+        the corner plus half the window).
     sampling
         Real-space pixel size in Å.
     origin
@@ -53,6 +60,14 @@ class ReconstructionState:
     status
         ``"ok"``, ``"interrupted"`` (Ctrl-C) or ``"diverged"`` (NaN; the
         state is the last good one).
+    post_alignment
+        FPP only: the post-alignment result (see :func:`.alignment.post_align`).
+    optimizer
+        The optimisers' state dicts (``{"adam": ..., "rprop": ...}``), so a
+        resumed run takes the same steps as an uninterrupted one.
+    lowest_loss
+        Lowest loss per position of any batch so far (the divergence test's
+        reference).
     """
 
     phase: torch.Tensor
@@ -60,7 +75,7 @@ class ReconstructionState:
     probe: torch.Tensor
     tilt: torch.Tensor
     slice_thickness: torch.Tensor
-    positions_px: torch.Tensor
+    window_corners: torch.Tensor
     sampling: float
     origin: tuple[float, float]
     wavelength: float
@@ -69,8 +84,10 @@ class ReconstructionState:
     history: dict = field(default_factory=lambda: {k: [] for k in HISTORY_KEYS})
     status: str = "ok"
     post_alignment: dict | None = None
+    optimizer: dict | None = None
+    lowest_loss: float = math.inf
 
-    _TENSORS = ("phase", "amplitude", "probe", "tilt", "slice_thickness", "positions_px")
+    _TENSORS = ("phase", "amplitude", "probe", "tilt", "slice_thickness", "window_corners")
 
     @property
     def num_slices(self) -> int:
@@ -105,7 +122,7 @@ class ReconstructionState:
 
     def clone(self) -> ReconstructionState:
         """A deep copy detached from any graph."""
-        copy = ReconstructionState(
+        return ReconstructionState(
             **{name: getattr(self, name).detach().clone() for name in self._TENSORS},
             sampling=self.sampling,
             origin=tuple(self.origin),
@@ -115,12 +132,19 @@ class ReconstructionState:
             history={k: list(v) for k, v in self.history.items()},
             status=self.status,
             post_alignment=None if self.post_alignment is None else dict(self.post_alignment),
+            optimizer=copy.deepcopy(self.optimizer),
+            lowest_loss=self.lowest_loss,
         )
-        return copy
 
-    def to_dict(self) -> dict:
-        """Plain dictionary of CPU tensors and Python values."""
-        d = {name: getattr(self, name).detach().cpu() for name in self._TENSORS}
+    # -- the one serialised form ------------------------------------------------------------
+
+    def to_tree(self, extra: dict | None = None) -> dict:
+        """The state as a tree of arrays and plain values (see :mod:`.serialize`).
+
+        ``extra`` (JSON-like: the options and the geometry of the run) is
+        stored beside it.
+        """
+        d = {name: getattr(self, name).detach().cpu().numpy() for name in self._TENSORS}
         d.update(
             sampling=float(self.sampling),
             origin=[float(o) for o in self.origin],
@@ -129,39 +153,45 @@ class ReconstructionState:
             iteration=int(self.iteration),
             history={k: [float(x) for x in v] for k, v in self.history.items()},
             status=self.status,
+            post_alignment=None
+            if self.post_alignment is None
+            else {k: np.asarray(v) for k, v in self.post_alignment.items()},
+            optimizer=_optimizer_tree(self.optimizer),
+            lowest_loss=float(self.lowest_loss),
         )
-        if self.post_alignment is not None:
-            d["post_alignment"] = {
-                k: torch.as_tensor(np.asarray(v)) if not np.isscalar(v) else v
-                for k, v in self.post_alignment.items()
-            }
-        return d
+        return {"format": FORMAT, "state": d, "extra": extra or {}}
 
     @classmethod
-    def from_dict(cls, d: dict) -> ReconstructionState:
-        kwargs = dict(d)
-        kwargs["origin"] = tuple(kwargs["origin"])
-        pa = kwargs.pop("post_alignment", None)
-        state = cls(**kwargs)
-        if pa is not None:
-            state.post_alignment = {k: v.numpy() if isinstance(v, torch.Tensor) else v for k, v in pa.items()}
-        return state
+    def from_tree(cls, tree: dict, with_extra: bool = False):
+        """Inverse of :meth:`to_tree`."""
+        if not isinstance(tree, dict) or tree.get("format") != FORMAT:
+            raise NotAStateError(f"Not an app_extension state (expected format {FORMAT!r}).")
+        d = dict(tree["state"])
+        for name in cls._TENSORS:
+            d[name] = torch.as_tensor(np.array(d[name]))
+        d["origin"] = tuple(d["origin"])
+        if d.get("post_alignment") is not None:
+            d["post_alignment"] = {k: np.asarray(v) for k, v in d["post_alignment"].items()}
+        d["optimizer"] = _optimizer_from_tree(d.get("optimizer"))
+        state = cls(**d)
+        return (state, tree.get("extra", {})) if with_extra else state
 
     def save(self, path: str | os.PathLike, extra: dict | None = None) -> None:
-        """Write a checkpoint (torch file); ``extra`` holds JSON-like metadata."""
-        payload = {"state": self.to_dict(), "extra": extra or {}, "format": "app_extension-state-1"}
-        tmp = f"{os.fspath(path)}.tmp"
-        torch.save(payload, tmp)
-        os.replace(tmp, path)
+        """Write a checkpoint (an HDF5 file, no pickle); ``extra`` holds JSON-like metadata."""
+        write_h5(path, self.to_tree(extra))
 
     @classmethod
     def load(cls, path: str | os.PathLike, with_extra: bool = False):
-        """Read a checkpoint written by :meth:`save`."""
-        payload = torch.load(path, map_location="cpu", weights_only=True)
-        if payload.get("format") != "app_extension-state-1":
-            raise ValueError(f"{path} is not an app_extension checkpoint.")
-        state = cls.from_dict(payload["state"])
-        return (state, payload["extra"]) if with_extra else state
+        """Read a checkpoint written by :meth:`save`.
+
+        Raises
+        ------
+        NotAStateError
+            When the file is not an app_extension checkpoint.
+        """
+        return cls.from_tree(read_h5(path), with_extra=with_extra)
+
+    # -- bookkeeping --------------------------------------------------------------------
 
     def record(self, loss: float, elapsed: float) -> None:
         """Append one iteration to the history."""
@@ -182,9 +212,15 @@ class ReconstructionState:
             self.origin[1] + self.sampling * np.arange(w),
         )
 
+    def probe_positions(self) -> np.ndarray:
+        """Probe centres (y, x) in Å in the scan frame, (P, 2)."""
+        window = self.probe.shape[-1]
+        corners = self.window_corners.detach().cpu().numpy().astype(np.float64)
+        return (corners + window // 2) * self.sampling + np.asarray(self.origin)
+
     def scan_window(self, window: int) -> tuple[slice, slice]:
         """Object-pixel slices covering the probe centres' area (the scanned field)."""
-        pos = self.positions_px.detach().cpu().numpy() + window / 2
+        pos = self.window_corners.detach().cpu().numpy() + window / 2
         lo = np.floor(pos.min(axis=0)).astype(int)
         hi = np.ceil(pos.max(axis=0)).astype(int) + 1
         return slice(int(lo[0]), int(hi[0])), slice(int(lo[1]), int(hi[1]))
@@ -201,3 +237,34 @@ class ReconstructionState:
             f"(thickness {self.thickness / 10:.2f} nm), tilt {tilt_s}, "
             f"{self.probe.shape[0]} probe mode(s), iteration {self.iteration}, {self.status}>"
         )
+
+
+def _optimizer_tree(optimizer: dict | None):
+    """torch optimiser state dicts -> arrays and plain values (integer keys become strings)."""
+    if optimizer is None:
+        return None
+
+    def walk(node):
+        if isinstance(node, torch.Tensor):
+            return node.detach().cpu().numpy()
+        if isinstance(node, dict):
+            return {str(k): walk(v) for k, v in node.items()}
+        if isinstance(node, list | tuple):
+            return [walk(v) for v in node]
+        return node
+
+    return walk(optimizer)
+
+
+def _optimizer_from_tree(tree):
+    """Inverse of :func:`_optimizer_tree`: tensors back, per-parameter keys back to int."""
+    if tree is None:
+        return None
+    out = {}
+    for name, sd in tree.items():
+        per_param = {
+            int(k): {key: torch.as_tensor(np.array(v)) for key, v in entry.items()}
+            for k, entry in sd["state"].items()
+        }
+        out[name] = {"state": per_param, "param_groups": [dict(g) for g in sd["param_groups"]]}
+    return out

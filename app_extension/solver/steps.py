@@ -1,0 +1,293 @@
+"""The steps of one iteration, each a named function a reader can follow and a test can call.
+
+One iteration of :func:`app_extension.solver.engine.reconstruct` is::
+
+    set_trainable(run, it)
+    for batch in batch_order(run, it):
+        loss = gradient_step(run, batch)        # forward, loss, backward, Adam, bounds
+        check_divergence(run, loss, batch)
+    thickness_step(run)                         # one Rprop step on dz per pass
+    drift_to_tilt(run, it)                      # the slices' drift with depth -> tilt (APP)
+    apply_constraints(run)                      # probe modes, depth prior, dz > 0
+    finish_iteration(run, it, total, seconds)   # history, optimiser state
+
+:class:`Run` holds what the steps share: the state being learned, the
+measured data, the options, the optimisers and the frequency grids.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from ..physics.multislice import forward
+from ..physics.propagator import propagator
+from .alignment import fit_drift, fourier_shift, slice_shifts
+from .config import SolverConfig
+from .constraints import clamp_amplitude, orthogonalize_probe, smooth_depth
+from .data import MeasuredData
+from .losses import LOSSES
+from .state import ReconstructionState
+
+__all__ = [
+    "Run",
+    "Diverged",
+    "make_optimizers",
+    "set_trainable",
+    "batch_order",
+    "gradient_step",
+    "check_divergence",
+    "thickness_step",
+    "drift_to_tilt",
+    "move_drift_into_tilt",
+    "apply_constraints",
+    "finish_iteration",
+    "MAX_DRIFT_STEP",
+]
+
+#: Largest change of the tilt (mrad) one drift-to-tilt step may make.
+MAX_DRIFT_STEP = 20.0
+
+
+class Diverged(Exception):
+    """A batch's loss was not finite or blew up (see ``SolverConfig.divergence_factor``)."""
+
+
+@dataclass
+class Run:
+    """What the steps of an iteration share."""
+
+    state: ReconstructionState
+    data: MeasuredData
+    config: SolverConfig
+    adam: torch.optim.Optimizer
+    rprop: torch.optim.Optimizer
+    ky: torch.Tensor
+    kx: torch.Tensor
+
+    @classmethod
+    def start(cls, state: ReconstructionState, data: MeasuredData, config: SolverConfig) -> Run:
+        """Set up the optimisers (restoring their saved moments) and the grids."""
+        adam, rprop = make_optimizers(state, config)
+        ky, kx = data.grids(state.sampling)
+        return cls(state, data, config, adam, rprop, ky, kx)
+
+
+# -- optimisers ---------------------------------------------------------------------------
+
+
+def make_optimizers(state: ReconstructionState, config: SolverConfig):
+    """Adam on object, probe (and tilt), Rprop on the slice thickness; saved moments restored.
+
+    The slice thickness takes one Rprop step per iteration with the gradient
+    summed over all batches: a single batch's dz gradient is dominated by
+    noise (the object adapts at the same time), so per-batch steps mostly
+    cancel, while the gradient of the whole pass points the right way. Its
+    size shrinks as dz converges, which stalls Adam, so the step follows the
+    gradient's sign only: it grows by 1.2 while the sign holds and halves when
+    it flips, starting from ``lr_dz``.
+    """
+    groups = [
+        {"params": [state.phase, state.amplitude], "lr": config.lr_object, "name": "object"},
+        {"params": [state.probe], "lr": config.lr_probe, "name": "probe"},
+    ]
+    if config.learns_geometry:
+        groups.append({"params": [state.tilt], "lr": config.lr_tilt, "name": "tilt"})
+    adam = torch.optim.Adam(groups)
+    rprop = torch.optim.Rprop(
+        [state.slice_thickness], lr=config.lr_dz, etas=(0.5, 1.2), step_sizes=(1e-3, 4 * config.lr_dz)
+    )
+    saved = state.optimizer or {}
+    for name, optimizer in (("adam", adam), ("rprop", rprop)):
+        if name in saved and _compatible(optimizer, saved[name]):
+            rates = [g["lr"] for g in optimizer.param_groups]
+            optimizer.load_state_dict(saved[name])
+            for group, lr in zip(optimizer.param_groups, rates, strict=True):
+                group["lr"] = lr  # the options of this call win over the saved ones
+    return adam, rprop
+
+
+def _compatible(optimizer: torch.optim.Optimizer, saved: dict) -> bool:
+    groups = saved.get("param_groups", [])
+    if len(groups) != len(optimizer.param_groups):
+        return False
+    params = [p for g in optimizer.param_groups for p in g["params"]]
+    for index, entry in saved.get("state", {}).items():
+        for value in entry.values():
+            if value.ndim and tuple(value.shape) != tuple(params[int(index)].shape):
+                return False
+    return True
+
+
+def optimizer_snapshot(run: Run) -> dict:
+    """The optimisers' state dicts, detached copies on the CPU."""
+
+    def cpu(node):
+        if isinstance(node, torch.Tensor):
+            return node.detach().cpu().clone()
+        if isinstance(node, dict):
+            return {k: cpu(v) for k, v in node.items()}
+        if isinstance(node, list | tuple):
+            return type(node)(cpu(v) for v in node)
+        return node
+
+    return {"adam": cpu(run.adam.state_dict()), "rprop": cpu(run.rprop.state_dict())}
+
+
+# -- the steps ----------------------------------------------------------------------------
+
+
+def set_trainable(run: Run, iteration: int) -> None:
+    """Switch each parameter's gradient on from its start iteration."""
+    state, config = run.state, run.config
+    state.phase.requires_grad_(True)
+    state.amplitude.requires_grad_(True)
+    state.probe.requires_grad_(config.lr_probe > 0 and iteration >= config.start_probe)
+    learn = config.learns_geometry
+    state.tilt.requires_grad_(learn and config.lr_tilt > 0 and iteration >= config.start_tilt)
+    state.slice_thickness.requires_grad_(learn and config.lr_dz > 0 and iteration >= config.start_dz)
+
+
+def batch_order(run: Run, iteration: int) -> list[torch.Tensor]:
+    """The mini-batches of this iteration: a random order seeded by (seed, iteration).
+
+    Seeding per iteration makes a resumed run draw the same batches as an
+    uninterrupted one.
+    """
+    generator = torch.Generator().manual_seed(run.config.seed * 1_000_003 + iteration)
+    order = torch.randperm(run.data.num_positions, generator=generator).to(run.data.device)
+    return list(torch.split(order, run.config.batch_size))
+
+
+def batch_propagator(run: Run, batch: torch.Tensor) -> torch.Tensor:
+    """The propagator for a batch: (N, N) with a global tilt, (B, N, N) with a tilt map."""
+    state = run.state
+    tilt = state.tilt if state.tilt.shape[0] == 1 else state.tilt[batch]
+    tilt_arg = tilt[0] if tilt.shape[0] == 1 else tilt
+    if run.config.learns_geometry or bool(torch.any(state.tilt != 0)):
+        return propagator(run.ky, run.kx, state.wavelength, state.slice_thickness, tilt_arg)
+    return propagator(run.ky, run.kx, state.wavelength, state.slice_thickness)
+
+
+def gradient_step(run: Run, batch: torch.Tensor) -> float:
+    """Forward model, loss, backward and one Adam step for a batch; returns the batch's loss.
+
+    The slice thickness's gradient is accumulated (not stepped) for
+    :func:`thickness_step`.
+    """
+    state = run.state
+    prop = batch_propagator(run, batch)
+    model = forward(state.probe, state.phase, state.amplitude, state.window_corners[batch], prop)
+    loss = LOSSES[run.config.loss](model, run.data.targets(batch), run.data.mask)
+    loss.backward()
+    run.adam.step()
+    run.adam.zero_grad(set_to_none=True)
+    clamp_amplitude(state.amplitude, run.config.max_amplitude)
+    return float(loss.detach())
+
+
+def check_divergence(run: Run, value: float, batch_size: int) -> None:
+    """Raise :class:`Diverged` on a non-finite loss or one far above the lowest seen.
+
+    The test is per position, against the lowest loss per position of any
+    batch so far in the run (kept in the state, so it survives a resume).
+    """
+    per_position = value / batch_size
+    if not math.isfinite(value) or per_position > run.config.divergence_factor * run.state.lowest_loss:
+        raise Diverged
+    run.state.lowest_loss = min(run.state.lowest_loss, per_position)
+
+
+def thickness_step(run: Run) -> None:
+    """One Rprop step on dz with the gradient summed over the whole pass."""
+    if run.state.slice_thickness.grad is not None:
+        run.rprop.step()
+        run.rprop.zero_grad(set_to_none=True)
+
+
+def drift_due(config: SolverConfig, iteration: int, num_slices: int) -> bool:
+    """Whether the drift-to-tilt step runs after this iteration."""
+    return (
+        config.learns_geometry
+        and config.drift_to_tilt_every > 0
+        and iteration >= config.drift_to_tilt_start
+        and (iteration - config.drift_to_tilt_start) % config.drift_to_tilt_every == 0
+        and num_slices > 1
+    )
+
+
+def drift_to_tilt(run: Run, iteration: int) -> np.ndarray | None:
+    """The drift-to-tilt step (APP), when due: see :func:`move_drift_into_tilt`.
+
+    Returns
+    -------
+    numpy.ndarray or None
+        The change of the tilt (mrad), or None when the step was not due.
+    """
+    if not drift_due(run.config, iteration, run.state.num_slices):
+        return None
+    return move_drift_into_tilt(run.state, run.data.window)
+
+
+def move_drift_into_tilt(state: ReconstructionState, window: int) -> np.ndarray:
+    """Move the slices' linear drift with depth into the tilt; returns the change in mrad.
+
+    The slices are registered pairwise over the scanned field; their lateral
+    shift against depth, fitted by a line, is a tilt the propagator has not
+    yet taken up. The step adds it to the tilt and shifts the slices back: an
+    exact change of variables, (t + c, o_s(x + z_s c)) gives the same patterns.
+    It runs before the depth prior, which would pull the end slices toward
+    their neighbours and so shrink the measured drift. The optimiser's moments
+    are kept (the slices move by a fraction of a pixel; resetting Adam would
+    kick every object pixel by a full step).
+    """
+    roi = state.scan_window(window)
+    phase = state.phase.detach().cpu().numpy()
+    shifts = slice_shifts(phase, roi)
+    depths = np.arange(state.num_slices) * state.dz
+    slope_px = fit_drift(shifts, depths)  # px per Å, (y, x)
+    slope = slope_px * state.sampling
+    # A single step moves the tilt by at most MAX_DRIFT_STEP mrad: on data too small or
+    # too noisy to show the drift, a bad registration must not throw the tilt away.
+    limit = np.tan(MAX_DRIFT_STEP * 1e-3)
+    if np.abs(slope).max() > limit:
+        slope_px = slope_px * (limit / np.abs(slope).max())
+        slope = slope_px * state.sampling
+    with torch.no_grad():
+        tan_old = torch.tan(state.tilt.double() * 1e-3)
+        tan_new = tan_old + torch.as_tensor(slope[::-1].copy(), dtype=torch.float64, device=state.tilt.device)
+        new_tilt = torch.atan(tan_new) * 1e3
+        change = (new_tilt - state.tilt.double()).mean(dim=0).cpu().numpy()
+        state.tilt.copy_(new_tilt.to(state.tilt.dtype))
+        back = -np.outer(depths, slope_px)
+        state.phase.copy_(torch.as_tensor(fourier_shift(phase, back)))
+        amp = state.amplitude.detach().cpu().numpy()
+        state.amplitude.copy_(torch.as_tensor(fourier_shift(amp, back)))
+    return change
+
+
+@torch.no_grad()
+def apply_constraints(run: Run) -> None:
+    """Between iterations: orthogonal probe modes, the depth prior, dz > 0."""
+    state = run.state
+    if state.probe.shape[0] > 1:
+        orthogonalize_probe(state.probe)
+    smooth_depth(state.phase, run.config.depth_weight)
+    smooth_depth(state.amplitude, run.config.depth_weight)
+    state.slice_thickness.clamp_(min=0.1)
+
+
+def finish_iteration(run: Run, iteration: int, total: float, seconds: float) -> None:
+    """Count the iteration, append the history and keep the optimisers' state."""
+    state = run.state
+    state.iteration = iteration + 1
+    state.record(total / run.data.norm, seconds)
+    state.optimizer = optimizer_snapshot(run)
+
+
+def finite(state: ReconstructionState) -> bool:
+    """True when object, probe and tilt are all finite."""
+    return all(bool(torch.isfinite(getattr(state, n)).all()) for n in ("phase", "amplitude", "probe", "tilt"))
