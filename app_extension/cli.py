@@ -20,7 +20,9 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
+from .frontend import ALL_OPTIONS
 from .solver.config import SolverConfig
+from .solver.options import OptionError, add_arguments, check, check_device
 
 __all__ = ["main", "build_parser", "CLIError"]
 
@@ -158,44 +160,21 @@ def build_parser() -> argparse.ArgumentParser:
         help='detector pixel size: "1 mrad" or "0.05 1/Å" (units required)',
     )
     cal.add_argument(
-        "--defocus", metavar="L", help='defocus = -C10, positive = underfocus ["20 nm"; default 0]'
-    )
-    cal.add_argument(
-        "--scan-rotation",
-        metavar="R",
-        help='scan rotation, counter-clockwise from the detector x axis ["2 deg"; bare numbers are deg; '
-        "default: the file's, else 0]",
-    )
-    cal.add_argument(
         "--scan-shape", metavar=("NY", "NX"), nargs=2, type=int, help="reshape a (P, ky, kx) stack"
     )
     cal.add_argument("--signal-index", metavar="I", type=int, help="which signal of a multi-signal file")
 
-    d = SolverConfig()
-    opt = rec.add_argument_group("reconstruction (defaults: the solver's, or the resumed run's)")
-    opt.add_argument("--mode", choices=("app", "fpp"), help=f"adaptive or fixed propagator [{d.mode}]")
-    opt.add_argument("--num-slices", metavar="S", type=int, help=f"number of object slices [{d.num_slices}]")
-    thick = opt.add_mutually_exclusive_group()
-    thick.add_argument(
-        "--slice-thickness",
+    opt = rec.add_argument_group(
+        "reconstruction (units optional: bare numbers are in the unit in brackets; defaults: the solver's, "
+        "or the resumed run's)"
+    )
+    # Every option's flag, help and default come from its one declaration.
+    add_arguments(opt, ALL_OPTIONS)
+    opt.add_argument(
+        "--thickness",
         metavar="L",
-        help=f'initial slice thickness ["2 nm"; default {d.slice_thickness:g} Å]',
+        help='initial total thickness, split over the slices ["10 nm"]; instead of --slice-thickness',
     )
-    thick.add_argument(
-        "--thickness", metavar="L", help='initial total thickness, split over the slices ["10 nm"]'
-    )
-    opt.add_argument("--tilt", metavar="TX,TY", help="initial tilt theta_x,theta_y in mrad [0,0]")
-    opt.add_argument(
-        "--iterations", metavar="N", type=int, help=f"passes over all scan positions [{d.iterations}]"
-    )
-    opt.add_argument(
-        "--batch-size", metavar="B", type=int, help=f"scan positions per gradient step [{d.batch_size}]"
-    )
-    opt.add_argument(
-        "--probe-modes", metavar="M", type=int, help=f"mixed-state probe modes [{d.probe_modes}]"
-    )
-    opt.add_argument("--device", help=f'torch device: "cpu", "cuda", "cuda:1" [{d.device}]')
-    opt.add_argument("--seed", type=int, help=f"random seed [{d.seed}]")
     opt.add_argument("--checkpoint", metavar="PATH", help="write the state to PATH every few iterations")
     opt.add_argument("--resume", metavar="PATH", help="continue from a checkpoint or a saved result")
 
@@ -231,7 +210,7 @@ def _output_paths(args) -> tuple[Path, Path | None]:
         out = Path(args.output)
     else:
         stem = src.name[: -len(src.suffix)] if src.suffix else src.name
-        out = src.with_name(f"{stem}_{args.mode}.hspy")
+        out = src.with_name(f"{stem}_{args.mode or SolverConfig().mode}.hspy")
     if out.suffix.lower() not in RESULT_EXTENSIONS:
         raise CLIError(
             f"-o {out}: the result is written as .hspy (HDF5) or .zspy (zarr); give one of these extensions."
@@ -280,35 +259,26 @@ def _calibration(args) -> dict:
 
 
 def _reconstruct_kwargs(args) -> dict:
-    """The ``ptycho_app`` options given on the command line (others keep their defaults)."""
+    """The ``ptycho_app`` options given on the command line, checked against their declarations."""
     kwargs = {"show_progressbar": not args.quiet}
-    for name in ("mode", "num_slices", "iterations", "batch_size", "probe_modes", "device", "seed"):
-        value = getattr(args, name)
-        if value is None:
+    for name, opt in ALL_OPTIONS.items():
+        value = getattr(args, name, None)
+        if value is None or not opt.cli:
             continue
-        if name in ("num_slices", "iterations", "batch_size", "probe_modes") and value < (
-            0 if name == "iterations" else 1
-        ):
-            flag = "--" + name.replace("_", "-")
-            raise CLIError(
-                f"{flag} must be a {'non-negative' if name == 'iterations' else 'positive'} integer, got {value}."
-            )
-        kwargs[name] = value
+        try:
+            kwargs[name] = check(opt, value, where=opt.flag)
+        except OptionError as error:
+            raise CLIError(str(error)) from None
     if args.thickness is not None:
+        if args.slice_thickness is not None:
+            raise CLIError("Give either --thickness or --slice-thickness, not both.")
         if args.resume:
             raise CLIError("--thickness sets the start of a new run; leave it out with --resume.")
-        num_slices = args.num_slices or SolverConfig().num_slices
-        kwargs["slice_thickness"] = parse_length(args.thickness, "--thickness") / num_slices
-    elif args.slice_thickness is not None:
-        kwargs["slice_thickness"] = parse_length(args.slice_thickness, "--slice-thickness")
-    if kwargs.get("slice_thickness", 1.0) <= 0:
-        raise CLIError("The slice thickness must be positive.")
-    if args.tilt is not None:
-        kwargs["tilt"] = parse_tilt(args.tilt)
-    if args.defocus is not None:
-        kwargs["defocus"] = parse_length(args.defocus, "--defocus")
-    if args.scan_rotation is not None:
-        kwargs["scan_rotation"] = parse_angle(args.scan_rotation, "--scan-rotation", "deg", "2 deg")
+        num_slices = kwargs.get("num_slices", SolverConfig().num_slices)
+        total = parse_length(args.thickness, "--thickness")
+        if total <= 0:
+            raise CLIError(f"--thickness {args.thickness!r} must be positive.")
+        kwargs["slice_thickness"] = total / num_slices
     if args.checkpoint:
         kwargs["checkpoint"] = args.checkpoint
     if args.resume:
@@ -334,16 +304,10 @@ def _calibration_hint(message: str) -> str:
 
 
 def _check_device(device: str) -> None:
-    import torch
-
-    name = str(device)
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise CLIError(
-            f"--device {name}: torch finds no CUDA GPU (torch {torch.__version__}, CPU build or no driver). "
-            "Install a CUDA build of torch (see README, 'Running on a GPU') or use --device cpu."
-        )
-    if name == "mps" and not (hasattr(torch.backends, "mps") and torch.backends.mps.is_available()):
-        raise CLIError("--device mps: the Apple GPU backend is not available; use --device cpu.")
+    try:
+        check_device(device, "--device")
+    except OptionError as error:
+        raise CLIError(str(error)) from None
 
 
 def _run_reconstruct(args) -> int:
@@ -353,8 +317,6 @@ def _run_reconstruct(args) -> int:
     out, summary = _output_paths(args)
     calibration = _calibration(args)
     kwargs = _reconstruct_kwargs(args)
-    if args.device:
-        _check_device(args.device)
     try:
         signal = load_4dstem(args.file, scan_shape=args.scan_shape, index=args.signal_index, lazy=True)
     except LoadError as error:
@@ -455,7 +417,10 @@ def _run_demo(args) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run ``app-ptycho`` with ``argv`` (default: ``sys.argv[1:]``); returns the exit status."""
     parser = build_parser()
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as stop:  # usage errors (exit 2) and --help (exit 0), already printed
+        return int(stop.code or 0)
     try:
         if args.command == "reconstruct":
             return _run_reconstruct(args)

@@ -140,7 +140,7 @@ def test_resume_from_result_and_saved_file(small_signal, tmp_path):
     first.save(tmp_path / "first.hspy")
     again = small_signal.ptycho_app(resume=tmp_path / "first.hspy", iterations=2, show_progressbar=False)
     np.testing.assert_allclose(again.data, more.data, rtol=1e-4, atol=1e-5)
-    with pytest.raises(ValueError, match="leave num_slices out"):
+    with pytest.raises(ValueError, match="Leave num_slices out"):
         small_signal.ptycho_app(resume=first, num_slices=5, iterations=1)
 
 

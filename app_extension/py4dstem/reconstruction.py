@@ -34,6 +34,7 @@ from __future__ import annotations
 import json
 import warnings
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import replace
 
 import numpy as np
 from emdfile import Custom, Metadata, _read_metadata
@@ -41,8 +42,10 @@ from emdfile import Custom, Metadata, _read_metadata
 from ..solver.config import Geometry, SolverConfig
 from ..solver.data import check_intensities
 from ..solver.engine import reconstruct as _solve
+from ..solver.options import OptionError, UnknownOptionError, check, check_device
 from ..solver.serialize import NotAStateError, read_h5, write_h5
 from ..solver.state import ReconstructionState
+from ..units import to_magnitude
 from .convert import read_datacube_calibration
 
 __all__ = ["AdaptivePropagatorPtychography"]
@@ -107,6 +110,44 @@ def _solver_aberrations(params: Mapping) -> tuple[float, dict]:
             if name[2] != "0":
                 aberrations[f"phi{name[1:]}"] = float(np.pi / 2 - angle)
     return defocus, aberrations
+
+
+def _checked(option: str, value, where: str | None = None):
+    """A value checked against the solver option's declaration, named as the caller wrote it."""
+    return check(SolverConfig.options()[option], value, where or option)
+
+
+def _checked_angle(value, name: str) -> float:
+    """A tilt component in mrad (number or string with units), checked."""
+    opt = SolverConfig.options()["tilt"]
+    return check(replace(opt, kind="float"), value, name)
+
+
+def _positive(value, unit: str, name: str, high: float) -> float:
+    try:
+        x = to_magnitude(value, unit, name)
+    except (TypeError, ValueError) as error:
+        raise OptionError(str(error)) from None
+    if not np.isfinite(x) or not 0 < x <= high:
+        raise OptionError(f"{name}={value!r} must be between 0 and {high:g} {unit}.")
+    return x
+
+
+def _energy_eV(energy) -> float:
+    """The beam energy in eV, as py4DSTEM takes it (numbers in eV; strings with units allowed)."""
+    if energy is None:
+        raise OptionError("energy must be the beam energy in eV (e.g. 300e3).")
+    if isinstance(energy, str):
+        from ..signals.calibration import _energy_keV
+
+        try:
+            return _energy_keV(energy, "energy") * 1e3
+        except (TypeError, ValueError) as error:
+            raise OptionError(f"energy={energy!r}: {error}; give it in eV, e.g. 300e3.") from None
+    value = _positive(energy, "eV", "energy", 1e7)
+    if value < 1000:
+        raise OptionError(f"energy={energy} looks like keV; give it in eV (e.g. {value * 1e3:g}).")
+    return value
 
 
 #: Name of the HDF5 subgroup that holds the solver state (app_extension.solver.serialize).
@@ -197,47 +238,51 @@ class AdaptivePropagatorPtychography(Custom):
         **kwargs,
     ):
         Custom.__init__(self, name=name)
-        if energy is None or not np.isfinite(energy) or energy <= 0:
-            raise ValueError(f"energy must be the beam energy in eV (e.g. 300e3), got {energy!r}.")
-        if energy < 1000:
-            raise ValueError(f"energy={energy} looks like keV; give it in eV (e.g. {energy * 1e3:g}).")
-        self._energy = float(energy)
-        self._num_slices = int(num_slices)
-        dz = np.atleast_1d(np.asarray(slice_thicknesses, dtype=np.float64))
-        if dz.size > 1:
-            if dz.size != self._num_slices - 1:
-                raise ValueError(
+        self._energy = _energy_eV(energy)
+        self._num_slices = _checked("num_slices", num_slices)
+        if isinstance(slice_thicknesses, str) or np.ndim(slice_thicknesses) == 0:
+            dz = [_checked("slice_thickness", slice_thicknesses, "slice_thicknesses")]
+        else:
+            dz = [
+                _checked("slice_thickness", v, f"slice_thicknesses[{i}]")
+                for i, v in enumerate(slice_thicknesses)
+            ]
+        if len(dz) > 1:
+            if len(dz) != self._num_slices - 1:
+                raise OptionError(
                     f"slice_thicknesses must be a float or {self._num_slices - 1} values (num_slices - 1), "
-                    f"got {dz.size}."
+                    f"got {len(dz)}."
                 )
             if not np.allclose(dz, dz[0]):
-                raise ValueError(
-                    "APP learns one slice thickness for all slices; give equal slice_thicknesses "
-                    f"(got {dz.tolist()})."
+                raise OptionError(
+                    f"APP learns one slice thickness for all slices; give equal slice_thicknesses (got {dz})."
                 )
         self._initial_slice_thickness = float(dz[0])
-        self._semiangle_cutoff = None if semiangle_cutoff is None else float(semiangle_cutoff)
-        config_fields = set(SolverConfig.__dataclass_fields__)
+        self._semiangle_cutoff = (
+            None if semiangle_cutoff is None else _positive(semiangle_cutoff, "mrad", "semiangle_cutoff", 300)
+        )
+        theta_x = _checked_angle(theta_x, "theta_x")
+        theta_y = _checked_angle(theta_y, "theta_y")
         reserved = {"mode", "num_slices", "slice_thickness", "tilt", "tilt_map", "probe_modes", "padded_size"}
-        solver_options = {k: kwargs.pop(k) for k in list(kwargs) if k in config_fields}
+        solver_options = {k: kwargs.pop(k) for k in list(kwargs) if k in SolverConfig.options()}
         clash = reserved & set(solver_options)
         if clash:
-            raise ValueError(f"Give {sorted(clash)} through the constructor's own arguments.")
+            raise OptionError(f"Give {sorted(clash)} through the constructor's own arguments.")
         self._polar_parameters = _polar_parameters(polar_parameters, kwargs)
         if isinstance(padded_diffraction_intensities_shape, Sequence):
             shape = tuple(int(n) for n in padded_diffraction_intensities_shape)
             if len(shape) != 2 or shape[0] != shape[1]:
                 raise ValueError(f"padded_diffraction_intensities_shape must be square, got {shape}.")
             padded_diffraction_intensities_shape = shape[0]
-        self._device = "cuda" if device == "gpu" else str(device)
+        self._device = check_device(device)
         self._verbose = bool(verbose)
         self._config = SolverConfig(
             mode=mode,
             num_slices=self._num_slices,
             slice_thickness=self._initial_slice_thickness,
             tilt=self.tilt_from_py4dstem(theta_x, theta_y),
-            tilt_map=bool(tilt_map),
-            probe_modes=int(num_probes),
+            tilt_map=tilt_map,
+            probe_modes=_checked("probe_modes", num_probes, "num_probes"),
             padded_size=padded_diffraction_intensities_shape,
             device=self._device,
             **solver_options,
@@ -427,16 +472,18 @@ class AdaptivePropagatorPtychography(Custom):
                 "This reconstruction has no data attached (it was read from file): call "
                 "attach_datacube(datacube) with the same DataCube, then reconstruct()."
             )
-        unknown = set(solver_options) - set(SolverConfig.__dataclass_fields__)
+        unknown = set(solver_options) - set(SolverConfig.options())
         if unknown:
-            raise TypeError(f"Unknown reconstruct option(s) {sorted(unknown)}.")
-        changes = dict(solver_options, iterations=int(num_iter))
+            raise UnknownOptionError(
+                f"Unknown reconstruct option(s) {sorted(unknown)}; the options are {sorted(SolverConfig.options())}."
+            )
+        changes = dict(solver_options, iterations=_checked("iterations", num_iter, "num_iter"))
         if max_batch_size is not None:
-            changes["batch_size"] = int(max_batch_size)
+            changes["batch_size"] = _checked("batch_size", max_batch_size, "max_batch_size")
         if seed_random is not None:
-            changes["seed"] = int(seed_random)
+            changes["seed"] = _checked("seed", seed_random, "seed_random")
         if device is not None:
-            self._device = "cuda" if device == "gpu" else str(device)
+            self._device = check_device(device)
         changes["device"] = self._device
         self._config = self._config.replace(**changes)
         if reset:
@@ -712,7 +759,9 @@ class AdaptivePropagatorPtychography(Custom):
 
     def _populate_instance(self, group) -> None:
         if _STATE_GROUP not in group:
-            raise NotAStateError(f"{group.name} holds no app_extension state; was it written by this version?")
+            raise NotAStateError(
+                f"{group.name} holds no app_extension state; was it written by this version?"
+            )
         self.state, extra = ReconstructionState.from_tree(read_h5(group[_STATE_GROUP]), with_extra=True)
         self._config = SolverConfig.from_dict(extra["config"])
         self._device = self._config.device

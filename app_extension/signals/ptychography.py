@@ -11,6 +11,7 @@ This module only translates: calibration (:mod:`.calibration`), options
 
 from __future__ import annotations
 
+import inspect
 import os
 import warnings
 from pathlib import Path
@@ -20,44 +21,11 @@ from hyperspy._signals.lazy_signal2d import LazySignal2D
 from hyperspy._signals.signal2d import Signal2D
 from hyperspy.docstrings.signal import SHOW_PROGRESSBAR_ARG
 
-from ..units import angstrom_in, to_magnitude
+from ..frontend import options_doc, options_signature
+from ..units import angstrom_in
 from .calibration import geometry_from_signal, raster_rotation, set_experimental_parameters
 
 __all__ = ["AppPtychography2D", "LazyAppPtychography2D"]
-
-# Options passed to SolverConfig unchanged (numbers, strings, flags).
-_PLAIN_OPTIONS = (
-    "mode",
-    "num_slices",
-    "iterations",
-    "probe_modes",
-    "batch_size",
-    "device",
-    "seed",
-    "tilt_map",
-    "loss",
-    "padded_size",
-    "lr_object",
-    "lr_probe",
-    "lr_tilt",
-    "lr_dz",
-    "start_probe",
-    "start_tilt",
-    "start_dz",
-    "depth_regularization",
-    "drift_to_tilt_every",
-    "drift_to_tilt_start",
-    "max_amplitude",
-    "divergence_factor",
-)
-
-
-def _tilt_pair(tilt) -> tuple[float, float]:
-    if isinstance(tilt, str) or np.ndim(tilt) == 0 or len(tilt) != 2:
-        raise ValueError(
-            f"tilt must be a pair (theta_x, theta_y), each in mrad or a string such as '3 mrad'; got {tilt!r}."
-        )
-    return (to_magnitude(tilt[0], "mrad", "tilt[0]"), to_magnitude(tilt[1], "mrad", "tilt[1]"))
 
 
 class AppPtychography2D(Signal2D):
@@ -110,188 +78,87 @@ class AppPtychography2D(Signal2D):
 
     def ptycho_app(
         self,
-        mode: str | None = None,
-        num_slices: int | None = None,
-        slice_thickness: float | str | None = None,
-        iterations: int | None = None,
-        tilt: tuple | None = None,
-        defocus: float | str | None = None,
-        probe_modes: int | None = None,
-        batch_size: int | None = None,
-        device: str | None = None,
-        seed: int | None = None,
-        show_progressbar: bool | None = None,
         *,
-        scan_rotation: float | str | None = None,
-        aberrations: dict | None = None,
-        tilt_map: bool | None = None,
-        loss: str | None = None,
-        padded_size: int | None = None,
-        lr_object: float | None = None,
-        lr_probe: float | None = None,
-        lr_tilt: float | None = None,
-        lr_dz: float | None = None,
-        start_probe: int | None = None,
-        start_tilt: int | None = None,
-        start_dz: int | None = None,
-        depth_regularization: float | None = None,
-        drift_to_tilt_every: int | None = None,
-        drift_to_tilt_start: int | None = None,
-        max_amplitude: float | None = None,
-        divergence_factor: float | None = None,
         resume=None,
         checkpoint: str | os.PathLike | None = None,
         checkpoint_every: int = 5,
         callback=None,
         depth_units: str = "Å",
-        **solver_options,
+        show_progressbar: bool | None = None,
+        **options,
     ):
         """Multislice ptychography with an adaptive propagator (APP) or a fixed one (FPP).
 
-        APP learns the specimen tilt and the slice thickness together with the
-        object and probe (Sha, Cui & Yu, Sci. Adv. 8, eabn2275, 2022). Options
-        left at ``None`` take the solver's defaults
-        (:class:`app_extension.solver.config.SolverConfig`), or, when
-        continuing with ``resume``, the previous run's values.
+                APP learns the specimen tilt and the slice thickness together with the
+                object and probe (Sha, Cui & Yu, Sci. Adv. 8, eabn2275, 2022). Options
+                left out (or ``None``) take their defaults, or, when continuing with
+                ``resume``, the previous run's values. Lengths and angles are numbers
+                in the unit given below or strings pint reads ("2 nm", "3 mrad").
 
-        Lengths and angles are numbers in the unit given below or strings pint
-        reads ("2 nm", "200 Å", "3 mrad").
-
-        Parameters
-        ----------
-        mode
-            ``"app"`` (tilt and thickness learned) or ``"fpp"`` (fixed
-            propagator at ``tilt`` and ``slice_thickness``, then the slices are
-            post-aligned to measure the tilt).
-        num_slices
-            Number of object slices.
-        slice_thickness
-            Initial slice thickness, Å.
-        iterations
-            Passes over all scan positions (with ``resume``: how many more).
-        tilt
-            Initial specimen tilt (theta_x, theta_y), mrad each; theta_x > 0
-            means columns lean toward +x with depth.
-        defocus
-            Defocus in Å, ``-C10`` as in abTEM and py4DSTEM (positive =
-            underfocus). Default 0 (or the resumed run's).
-        probe_modes
-            Number of mixed-state probe modes.
-        batch_size
-            Scan positions per gradient step.
-        device
-            Torch device, "cpu" or "cuda".
-        seed
-            Random seed (mini-batch order, probe modes).
+                Parameters
+                ----------
+                resume
+                    Continue from a previous result (the signal this method returned,
+                    or a .hspy/.zspy file it was saved to), a checkpoint file written
+                    with ``checkpoint=``, or a ``ReconstructionState``. The run goes
+                    on exactly as if it had not stopped (optimiser state included).
+                checkpoint, checkpoint_every
+                    Write the solver state to this file (HDF5) every
+                    ``checkpoint_every`` iterations and at the end.
+                callback
+                    Called with the solver state after every iteration.
+                depth_units
+                    Units of the result's depth axis ("Å" or "nm").
+                %s
         %s
-        scan_rotation
-            Scan rotation in degrees (counter-clockwise from the detector x
-            axis), or a string ("35 mrad"). Default 0, or with ``resume`` the
-            previous run's scan positions.
-        aberrations
-            Further aberrations, e.g. ``{"C30": "1.2 mm"}`` (numbers in Å).
-        tilt_map
-            Learn one tilt per scan position instead of one global tilt.
-        loss
-            "amplitude" or "poisson".
-        padded_size
-            Pad the patterns to this many pixels per side in the model.
-        lr_object, lr_probe, lr_tilt, lr_dz
-            Adam step sizes of the object, probe, tilt (mrad) and slice
-            thickness (Å).
-        start_probe, start_tilt, start_dz
-            First iteration (0-based) at which each is learned.
-        depth_regularization
-            Weight in [0, 1) of the smoothness prior along depth.
-        drift_to_tilt_every, drift_to_tilt_start
-            APP: move the slices' lateral drift into the tilt every this many
-            iterations, from this iteration on (0 = never).
-        max_amplitude
-            Upper clamp of the object amplitude.
-        divergence_factor
-            Stop (status "diverged", last good state kept) when a batch's loss
-            exceeds this multiple of the lowest seen in the run.
-        resume
-            Continue from a previous result (the signal this method returned,
-            or a .hspy/.zspy file it was saved to), a checkpoint file written
-            with ``checkpoint=``, or a ``ReconstructionState``.
-        checkpoint, checkpoint_every
-            Write the solver state to this file every ``checkpoint_every``
-            iterations and at the end.
-        callback
-            Called with the solver state after every iteration.
-        depth_units
-            Units of the result's depth axis ("Å" or "nm").
-        **solver_options
-            Any other :class:`~app_extension.solver.config.SolverConfig`
-            option, by name.
 
-        Returns
-        -------
-        hyperspy.signals.ComplexSignal2D
-            The object (transmission function): navigation axis ``z`` =
-            slice depth (scale = recovered slice thickness), signal axes
-            ``x``, ``y`` in Å in the scan frame. ``metadata.Signal.Ptychography``
-            holds ``tilt_x``, ``tilt_y`` (mrad), ``slice_thickness``,
-            ``thickness`` (Å), ``num_slices``, ``loss``, ``status``, the full
-            parameter set, the ``probe`` and the ``history`` signals, and, for
-            FPP, ``Post_alignment``.
+                Returns
+                -------
+                hyperspy.signals.ComplexSignal2D
+                    The object (transmission function): navigation axis ``z`` =
+                    slice depth (scale = recovered slice thickness), signal axes
+                    ``x``, ``y`` in Å in the scan frame. ``metadata.Signal.Ptychography``
+                    holds ``tilt_x``, ``tilt_y`` (mrad), ``slice_thickness``,
+                    ``thickness`` (Å), ``num_slices``, ``loss``, ``status``, the full
+                    parameter set, the ``probe`` and the ``history`` signals, the
+                    solver ``State`` (to resume from), and, for FPP, ``Post_alignment``.
 
-        Raises
-        ------
-        UncalibratedError
-            When the scan or detector axes, the beam energy or the convergence
-            angle are missing, before any computation.
+                Raises
+                ------
+                UncalibratedError
+                    When the scan or detector axes, the beam energy or the convergence
+                    angle are missing, before any computation.
+                OptionError
+                    An option with a wrong type, unit or range (the message names it).
 
-        Examples
-        --------
-        >>> s.set_signal_type("ptychography")
-        >>> s.set_experimental_parameters(beam_energy=300, convergence_angle=22)
-        >>> obj = s.ptycho_app(defocus="20 nm", num_slices=5, slice_thickness="2.6 nm")
-        >>> obj.metadata.Signal.Ptychography.tilt_x
-        >>> obj.phase.plot()
+                Examples
+                --------
+                >>> s.set_signal_type("ptychography")
+                >>> s.set_experimental_parameters(beam_energy=300, convergence_angle=22)
+                >>> obj = s.ptycho_app(defocus="20 nm", num_slices=5, slice_thickness="2.6 nm")
+                >>> obj.metadata.Signal.Ptychography.tilt_x
+                >>> obj.phase.plot()
         """
-        given = dict(locals())
-        from ..results import load_resume, state_to_signal
-        from ..solver.config import SolverConfig
+        from ..frontend import resolve_options
+        from ..results import state_to_signal
         from ..solver.engine import reconstruct
 
-        state, base_config, base_geometry = (None, None, None) if resume is None else load_resume(resume)
-        base_geometry = base_geometry or {}
-        if defocus is None:
-            defocus = float(base_geometry.get("defocus", 0.0))
-        if aberrations is None:
-            aberrations = dict(base_geometry.get("aberrations", {}))
         # Everything is checked before the data are touched.
+        resolved = resolve_options(options, resume)
+        config, experiment, state = resolved.config, resolved.experiment, resolved.state
+        previous_positions = resolved.base_geometry.get("scan_positions")
         geometry = geometry_from_signal(
-            self, defocus=defocus, scan_rotation=scan_rotation or 0.0, aberrations=aberrations
+            self,
+            defocus=experiment.defocus or 0.0,
+            scan_rotation=experiment.scan_rotation or 0.0,
+            aberrations=experiment.aberrations or {},
         )
-        rotation = to_magnitude(scan_rotation or 0.0, "deg", "scan_rotation")
-        if scan_rotation is None and "scan_positions" in base_geometry:
-            previous = np.asarray(base_geometry["scan_positions"], dtype=np.float64)
+        rotation = experiment.scan_rotation or 0.0
+        if experiment.scan_rotation is None and previous_positions is not None:
+            previous = np.asarray(previous_positions, dtype=np.float64)
             if previous.shape == geometry.scan_positions.shape:
                 geometry.scan_positions = previous  # continue on the previous run's scan
                 rotation = raster_rotation(previous)
-        unknown = sorted(set(solver_options) - set(SolverConfig.__dataclass_fields__))
-        if unknown:
-            raise TypeError(
-                f"ptycho_app got unknown option(s) {unknown}; the solver's options are "
-                f"{sorted(SolverConfig.__dataclass_fields__)}."
-            )
-        options = {name: given[name] for name in _PLAIN_OPTIONS if given[name] is not None}
-        options.update(solver_options)
-        if slice_thickness is not None:
-            options["slice_thickness"] = to_magnitude(slice_thickness, "Å", "slice_thickness")
-        if tilt is not None:
-            options["tilt"] = _tilt_pair(tilt)
-        if state is not None:
-            if num_slices is not None and num_slices != state.num_slices:
-                raise ValueError(
-                    f"num_slices={num_slices} but the run to continue has {state.num_slices} slices; "
-                    "leave num_slices out when resuming."
-                )
-            options["num_slices"] = state.num_slices
-        config = (base_config or SolverConfig()).replace(**options)
         angstrom_in(depth_units, "depth_units")  # a bad unit fails now, not after the run
         if checkpoint is not None and not Path(checkpoint).resolve().parent.is_dir():
             raise FileNotFoundError(f"checkpoint={str(checkpoint)!r}: the folder does not exist.")
@@ -329,7 +196,8 @@ class AppPtychography2D(Signal2D):
             extra_parameters={"scan_rotation": rotation, "scan_rotation_units": "deg"},
         )
 
-    ptycho_app.__doc__ %= SHOW_PROGRESSBAR_ARG
+    ptycho_app.__doc__ %= (SHOW_PROGRESSBAR_ARG, options_doc())
+    ptycho_app.__signature__ = options_signature(list(inspect.signature(ptycho_app).parameters.values()))
 
 
 class LazyAppPtychography2D(AppPtychography2D, LazySignal2D):

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .options import Option, OptionError, check, option, options_of
+from .options import Option, OptionError, UnknownOptionError, check, option, options_of
 
 __all__ = ["Geometry", "SolverConfig", "ExperimentOptions", "OptionError"]
 
@@ -106,7 +106,12 @@ class SolverConfig:
     )
     num_slices: int = option(5, "Number of object slices S.", kind="int", low=1, high=1000)
     slice_thickness: float = option(
-        20.0, "Initial slice thickness dz (total thickness = S * dz).", unit="Å", low=0, open_low=True, high=1e4
+        20.0,
+        "Initial slice thickness dz (total thickness = S * dz).",
+        unit="Å",
+        low=0,
+        open_low=True,
+        high=1e4,
     )
     tilt: tuple[float, float] = option(
         (0.0, 0.0),
@@ -123,7 +128,10 @@ class SolverConfig:
     batch_size: int = option(64, "Scan positions per gradient step.", kind="int", low=1, high=1e6)
     probe_modes: int = option(1, "Number of mixed-state probe modes M.", kind="int", low=1, high=64)
     loss: str = option(
-        "amplitude", "Data term: 'amplitude' (Eq. 1) or 'poisson'.", kind="str", choices=("amplitude", "poisson")
+        "amplitude",
+        "Data term: 'amplitude' (Eq. 1) or 'poisson'.",
+        kind="str",
+        choices=("amplitude", "poisson"),
     )
     padded_size: int | None = option(
         None,
@@ -147,9 +155,13 @@ class SolverConfig:
         low=0,
         high=100,
     )
-    start_probe: int = option(1, "First iteration (0-based) at which the probe is learned.", kind="int", low=0)
+    start_probe: int = option(
+        1, "First iteration (0-based) at which the probe is learned.", kind="int", low=0
+    )
     start_tilt: int = option(1, "First iteration at which the tilt is learned (APP).", kind="int", low=0)
-    start_dz: int = option(2, "First iteration at which the slice thickness is learned (APP).", kind="int", low=0)
+    start_dz: int = option(
+        2, "First iteration at which the slice thickness is learned (APP).", kind="int", low=0
+    )
     depth_regularization: float | None = option(
         None,
         "Weight in [0, 1) of the depth prior: after each iteration every slice moves this fraction toward "
@@ -169,7 +181,9 @@ class SolverConfig:
     drift_to_tilt_start: int = option(
         1, "First iteration at which the drift-to-tilt step runs.", kind="int", low=0
     )
-    max_amplitude: float = option(1.0, "Upper clamp of the object amplitude (1 = no gain).", low=0, open_low=True)
+    max_amplitude: float = option(
+        1.0, "Upper clamp of the object amplitude (1 = no gain).", low=0, open_low=True
+    )
     divergence_factor: float = option(
         1e3,
         "Stop (status 'diverged', last good state kept) when a batch's loss per position exceeds this "
@@ -177,7 +191,9 @@ class SolverConfig:
         low=1,
         open_low=True,
     )
-    seed: int = option(0, "Random seed (mini-batch order, probe modes); CPU runs are deterministic.", kind="int", low=0)
+    seed: int = option(
+        0, "Random seed (mini-batch order, probe modes); CPU runs are deterministic.", kind="int", low=0
+    )
     device: str = option("cpu", "Torch device: 'cpu', 'cuda', 'cuda:1' ('gpu' = 'cuda').", kind="device")
 
     def __post_init__(self):
@@ -205,7 +221,9 @@ class SolverConfig:
         """A copy with some options changed (unknown names raise :class:`~.options.OptionError`)."""
         unknown = sorted(set(changes) - set(self.options()))
         if unknown:
-            raise OptionError(f"unknown option(s) {unknown}; the options are {sorted(self.options())}.")
+            raise UnknownOptionError(
+                f"unknown option(s) {unknown}; the options are {sorted(self.options())}."
+            )
         return dataclasses.replace(self, **changes)
 
     def to_dict(self) -> dict:

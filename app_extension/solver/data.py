@@ -126,7 +126,9 @@ class MeasuredData:
         # Patterns go to numpy FFT order (DC at [0, 0]) on the model grid once,
         # so the loop never shifts arrays. Unmeasured (padding) and masked pixels
         # are left out of the loss.
-        mask = np.ones((n, n), dtype=np.float32) if detector_mask is None else detector_mask.astype(np.float32)
+        mask = (
+            np.ones((n, n), dtype=np.float32) if detector_mask is None else detector_mask.astype(np.float32)
+        )
         if window > n:
             padded = np.zeros((data.shape[0], window, window), dtype=np.float32)
             start = window // 2 - n // 2

@@ -176,7 +176,11 @@ def reconstruct(
             _show(progress, run.state, total / data.norm)
             if callback is not None:
                 callback(run.state)
-            if checkpoint is not None and checkpoint_every > 0 and run.state.iteration % checkpoint_every == 0:
+            if (
+                checkpoint is not None
+                and checkpoint_every > 0
+                and run.state.iteration % checkpoint_every == 0
+            ):
                 run.state.save(checkpoint, extra=extra)
     except KeyboardInterrupt:
         run.state = _restore(last_good, "interrupted")

@@ -25,6 +25,7 @@ import numpy as np
 __all__ = [
     "Option",
     "OptionError",
+    "UnknownOptionError",
     "option",
     "options_of",
     "check",
@@ -37,6 +38,10 @@ __all__ = [
 
 class OptionError(ValueError):
     """An option has a value of the wrong type, unit or range; the message names it and the fix."""
+
+
+class UnknownOptionError(OptionError, TypeError):
+    """An option name that does not exist (a TypeError, as for any unknown keyword)."""
 
 
 @dataclass(frozen=True)
@@ -199,7 +204,9 @@ def check(opt: Option, value, where: str | None = None):
             )
         items = list(value) if not isinstance(value, np.ndarray) else value.ravel().tolist()
         if len(items) != 2:
-            raise OptionError(f"{where}={value!r}: expected two values (x, y){_in(opt)}.")
+            raise OptionError(
+                f"{where}={value!r}: expected a pair of two values (x, y){_in(opt)}, e.g. (3, -1)."
+            )
         pair = tuple(_number(opt, v, f"{where}[{i}]") for i, v in enumerate(items))
         for i, x in enumerate(pair):
             _check_range(opt, x, f"{where}[{i}]", items[i])
@@ -223,7 +230,9 @@ def check_device(value, where: str = "device") -> str:
     try:
         device = torch.device(name)
     except (RuntimeError, TypeError):
-        raise OptionError(f"{where}={value!r} is not a torch device; use 'cpu', 'cuda', 'cuda:1' or 'gpu'.") from None
+        raise OptionError(
+            f"{where}={value!r} is not a torch device; use 'cpu', 'cuda', 'cuda:1' or 'gpu'."
+        ) from None
     if device.type == "cuda":
         if not torch.cuda.is_available():
             raise OptionError(
@@ -247,7 +256,7 @@ def check_device(value, where: str = "device") -> str:
 
 def _default_text(opt: Option) -> str:
     if opt.default is None:
-        return "auto"
+        return "None"
     if isinstance(opt.default, tuple):
         return ", ".join(f"{v:g}" for v in opt.default)
     if isinstance(opt.default, float):
@@ -267,7 +276,9 @@ def docstring(options: dict[str, Option], indent: str = "        ") -> str:
         rng = opt.range_text()
         if rng:
             body += f" Valid: {rng}."
-        lines.extend(textwrap.wrap(body, 100, initial_indent=indent + "    ", subsequent_indent=indent + "    "))
+        lines.extend(
+            textwrap.wrap(body, 100, initial_indent=indent + "    ", subsequent_indent=indent + "    ")
+        )
     return "\n".join(lines)
 
 
@@ -284,17 +295,33 @@ def markdown_table(options: dict[str, Option]) -> str:
 
 
 def add_arguments(group, options: dict[str, Option]) -> None:
-    """Add a ``--flag`` per option to an argparse group; values stay strings (checked later)."""
+    """Add a ``--flag`` per option to an argparse group, each value checked as it is parsed."""
+    import argparse
+
+    def parser_for(opt: Option):
+        def parse(text: str):
+            try:
+                return check(opt, text, where=opt.flag)
+            except OptionError as error:
+                raise argparse.ArgumentTypeError(str(error)) from None
+
+        parse.__name__ = opt.name
+        return parse
+
     for opt in options.values():
         if not opt.cli:
             continue
-        unit = f" {opt.unit}" if opt.unit else ""
+        unit = f" {opt.unit}" if opt.unit and opt.default is not None else ""
         text = f"{opt.help} [{_default_text(opt)}{unit}]".replace("%", "%%")
         if opt.kind == "bool":
             group.add_argument(opt.flag, dest=opt.name, action="store_true", default=None, help=text)
+        elif opt.choices:
+            group.add_argument(opt.flag, dest=opt.name, choices=opt.choices, default=None, help=text)
         else:
-            metavar = "X,Y" if opt.kind == "pair" else opt.name.upper().split("_")[-1]
-            group.add_argument(opt.flag, dest=opt.name, metavar=metavar, default=None, help=text)
+            metavar = {"pair": "X,Y", "int": "N", "device": "DEVICE"}.get(opt.kind, "X")
+            group.add_argument(
+                opt.flag, dest=opt.name, metavar=metavar, type=parser_for(opt), default=None, help=text
+            )
 
 
 def signature_parameters(options: dict[str, Option]) -> list[inspect.Parameter]:
