@@ -167,5 +167,23 @@ def options_markdown() -> str:
     return markdown_table(ALL_OPTIONS)
 
 
+def update_readme(path) -> None:
+    """Replace the options table between the README's markers with the generated one."""
+    from pathlib import Path
+
+    text = Path(path).read_text(encoding="utf-8")
+    head, rest = text.split(_TABLE_START, 1)
+    _, tail = rest.split(_TABLE_END, 1)
+    Path(path).write_text(f"{head}{_TABLE_START}{options_markdown()}{_TABLE_END}{tail}", encoding="utf-8")
+
+
+_TABLE_START = "<!-- options-table:start -->\n"
+_TABLE_END = "\n<!-- options-table:end -->"
+
 if __name__ == "__main__":  # pragma: no cover
-    print(options_markdown())
+    import sys
+
+    if len(sys.argv) == 3 and sys.argv[1] == "--write":
+        update_readme(sys.argv[2])
+    else:
+        print(options_markdown())

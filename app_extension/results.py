@@ -298,6 +298,16 @@ def state_to_signal(
         info["phase_turns"] = turns
     if state.post_alignment is not None:
         info["Post_alignment"] = post_alignment_to_metadata(state.post_alignment, state)
+    if state.positions is not None:
+        info["Positions"] = {
+            "refined": state.probe_positions(),
+            "refined_units": "Å",
+            "frame": "scan frame, (y, x) per position in scan order, as Geometry.scan_positions",
+            **{
+                k: np.asarray(v) if isinstance(v, list) else v
+                for k, v in state.positions.summary(state.sampling).items()
+            },
+        }
     info["State"] = state_to_metadata(state, config, geometry)
     signal.metadata.set_item(RESULT_NODE, _arrays_for_sequences(info))
     return signal

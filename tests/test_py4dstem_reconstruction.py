@@ -109,8 +109,9 @@ def test_reconstruct_results_and_continuation(run):
     assert ptycho.object.shape[0] == 3 and np.iscomplexobj(ptycho.object)
     assert ptycho.probe.shape == (32, 32)
     assert ptycho.positions.shape == (64, 2)
+    # the refined positions stay close to the raster on these ideal data (refinement from iteration 3)
     np.testing.assert_allclose(
-        np.diff(ptycho.positions[:2, 1]), ptycho.geometry.scan_positions[1, 1], rtol=1e-5
+        np.diff(ptycho.positions[:2, 1]), ptycho.geometry.scan_positions[1, 1], atol=0.05
     )
     assert ptycho.slice_thicknesses.shape == (2,)
     assert ptycho.slice_thicknesses[0] == pytest.approx(ptycho.slice_thickness)

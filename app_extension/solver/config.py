@@ -181,6 +181,21 @@ class SolverConfig:
     drift_to_tilt_start: int = option(
         1, "First iteration at which the drift-to-tilt step runs.", kind="int", low=0
     )
+    refine_positions: bool = option(
+        True,
+        "Learn the scan positions: a global affine correction (scale, rotation, shear), a linear drift "
+        "and per-position offsets regularised toward the raster.",
+        kind="bool",
+    )
+    positions_start: int = option(
+        3, "First iteration at which the scan positions are learned.", kind="int", low=0
+    )
+    lr_positions: float = option(
+        0.02, "Adam step size of the scan positions (one step per iteration).", unit="Å", low=0, high=10
+    )
+    positions_max_offset: float = option(
+        0.5, "Largest per-position offset from the affine-corrected raster.", unit="Å", low=0, high=100
+    )
     max_amplitude: float = option(
         1.0, "Upper clamp of the object amplitude (1 = no gain).", low=0, open_low=True
     )

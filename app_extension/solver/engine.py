@@ -191,6 +191,8 @@ def reconstruct(
     state = run.state
     for name in ReconstructionState._TENSORS:
         getattr(state, name).requires_grad_(False)
+    if state.positions is not None:
+        state.positions.requires_grad_(False)
     if config.mode == "fpp" and state.num_slices > 1:
         state.post_alignment = post_align(
             state.phase.cpu().numpy(),
@@ -213,6 +215,7 @@ def _iteration(run: steps.Run, it: int) -> float:
         steps.check_divergence(run, value, len(batch))
         total += value
     steps.thickness_step(run)
+    steps.positions_step(run)
     if not steps.finite(run.state):
         raise steps.Diverged
     steps.drift_to_tilt(run, it)

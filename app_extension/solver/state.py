@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from .positions import PositionModel
 from .serialize import FORMAT, NotAStateError, read_h5, write_h5
 
 __all__ = ["ReconstructionState", "HISTORY_KEYS"]
@@ -68,6 +69,9 @@ class ReconstructionState:
     lowest_loss
         Lowest loss per position of any batch so far (the divergence test's
         reference).
+    positions
+        The learned scan-position model (:class:`.positions.PositionModel`)
+        once position refinement has started; ``window_corners`` follows it.
     """
 
     phase: torch.Tensor
@@ -86,6 +90,7 @@ class ReconstructionState:
     post_alignment: dict | None = None
     optimizer: dict | None = None
     lowest_loss: float = math.inf
+    positions: PositionModel | None = None
 
     _TENSORS = ("phase", "amplitude", "probe", "tilt", "slice_thickness", "window_corners")
 
@@ -118,6 +123,8 @@ class ReconstructionState:
         """Move all tensors to ``device`` (in place); returns self."""
         for name in self._TENSORS:
             setattr(self, name, getattr(self, name).detach().to(device))
+        if self.positions is not None:
+            self.positions = self.positions.to(device)
         return self
 
     def clone(self) -> ReconstructionState:
@@ -134,6 +141,7 @@ class ReconstructionState:
             post_alignment=None if self.post_alignment is None else dict(self.post_alignment),
             optimizer=copy.deepcopy(self.optimizer),
             lowest_loss=self.lowest_loss,
+            positions=None if self.positions is None else self.positions.clone(),
         )
 
     # -- the one serialised form ------------------------------------------------------------
@@ -158,6 +166,7 @@ class ReconstructionState:
             else {k: np.asarray(v) for k, v in self.post_alignment.items()},
             optimizer=_optimizer_tree(self.optimizer),
             lowest_loss=float(self.lowest_loss),
+            positions=None if self.positions is None else self.positions.to_tree(),
         )
         return {"format": FORMAT, "state": d, "extra": extra or {}}
 
@@ -173,6 +182,8 @@ class ReconstructionState:
         if d.get("post_alignment") is not None:
             d["post_alignment"] = {k: np.asarray(v) for k, v in d["post_alignment"].items()}
         d["optimizer"] = _optimizer_from_tree(d.get("optimizer"))
+        if d.get("positions") is not None:
+            d["positions"] = PositionModel.from_tree(d["positions"])
         state = cls(**d)
         return (state, tree.get("extra", {})) if with_extra else state
 

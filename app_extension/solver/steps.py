@@ -7,6 +7,7 @@ One iteration of :func:`app_extension.solver.engine.reconstruct` is::
         loss = gradient_step(run, batch)        # forward, loss, backward, Adam, bounds
         check_divergence(run, loss, batch)
     thickness_step(run)                         # one Rprop step on dz per pass
+    positions_step(run)                         # one Adam step on the scan positions per pass
     drift_to_tilt(run, it)                      # the slices' drift with depth -> tilt (APP)
     apply_constraints(run)                      # probe modes, depth prior, dz > 0
     finish_iteration(run, it, total, seconds)   # history, optimiser state
@@ -30,6 +31,7 @@ from .config import SolverConfig
 from .constraints import clamp_amplitude, orthogonalize_probe, smooth_depth
 from .data import MeasuredData
 from .losses import LOSSES
+from .positions import PositionModel
 from .state import ReconstructionState
 
 __all__ = [
@@ -41,6 +43,7 @@ __all__ = [
     "gradient_step",
     "check_divergence",
     "thickness_step",
+    "positions_step",
     "drift_to_tilt",
     "move_drift_into_tilt",
     "apply_constraints",
@@ -50,6 +53,9 @@ __all__ = [
 
 #: Largest change of the tilt (mrad) one drift-to-tilt step may make.
 MAX_DRIFT_STEP = 20.0
+
+#: Fraction by which the per-position offsets are pulled back toward the raster each step.
+POSITION_SHRINK = 0.1
 
 
 class Diverged(Exception):
@@ -67,13 +73,17 @@ class Run:
     rprop: torch.optim.Optimizer
     ky: torch.Tensor
     kx: torch.Tensor
+    positions_adam: torch.optim.Optimizer | None = None
 
     @classmethod
     def start(cls, state: ReconstructionState, data: MeasuredData, config: SolverConfig) -> Run:
         """Set up the optimisers (restoring their saved moments) and the grids."""
         adam, rprop = make_optimizers(state, config)
         ky, kx = data.grids(state.sampling)
-        return cls(state, data, config, adam, rprop, ky, kx)
+        run = cls(state, data, config, adam, rprop, ky, kx)
+        if state.positions is not None and config.refine_positions:
+            run.positions_adam = make_position_optimizer(state, config)
+        return run
 
 
 # -- optimisers ---------------------------------------------------------------------------
@@ -110,6 +120,27 @@ def make_optimizers(state: ReconstructionState, config: SolverConfig):
     return adam, rprop
 
 
+def make_position_optimizer(state: ReconstructionState, config: SolverConfig) -> torch.optim.Optimizer:
+    """Adam on the position model; its step sizes in pixels (the affine's per unit of the field's half-size)."""
+    model = state.positions
+    lr_px = config.lr_positions / state.sampling
+    half_extent = float((model.nominal - model.centre).abs().max().clamp(min=1.0))
+    adam = torch.optim.Adam(
+        [
+            {"params": [model.affine], "lr": lr_px / half_extent, "name": "affine"},
+            {"params": [model.drift], "lr": lr_px, "name": "drift"},
+            {"params": [model.offsets], "lr": lr_px, "name": "offsets"},
+        ]
+    )
+    saved = (state.optimizer or {}).get("positions")
+    if saved is not None and _compatible(adam, saved):
+        rates = [g["lr"] for g in adam.param_groups]
+        adam.load_state_dict(saved)
+        for group, lr in zip(adam.param_groups, rates, strict=True):
+            group["lr"] = lr
+    return adam
+
+
 def _compatible(optimizer: torch.optim.Optimizer, saved: dict) -> bool:
     groups = saved.get("param_groups", [])
     if len(groups) != len(optimizer.param_groups):
@@ -134,7 +165,10 @@ def optimizer_snapshot(run: Run) -> dict:
             return type(node)(cpu(v) for v in node)
         return node
 
-    return {"adam": cpu(run.adam.state_dict()), "rprop": cpu(run.rprop.state_dict())}
+    snapshot = {"adam": cpu(run.adam.state_dict()), "rprop": cpu(run.rprop.state_dict())}
+    if run.positions_adam is not None:
+        snapshot["positions"] = cpu(run.positions_adam.state_dict())
+    return snapshot
 
 
 # -- the steps ----------------------------------------------------------------------------
@@ -149,6 +183,27 @@ def set_trainable(run: Run, iteration: int) -> None:
     learn = config.learns_geometry
     state.tilt.requires_grad_(learn and config.lr_tilt > 0 and iteration >= config.start_tilt)
     state.slice_thickness.requires_grad_(learn and config.lr_dz > 0 and iteration >= config.start_dz)
+    if positions_learned(config, iteration):
+        if state.positions is None:
+            state.positions = PositionModel(state.window_corners)
+        if run.positions_adam is None:
+            run.positions_adam = make_position_optimizer(state, config)
+        state.positions.requires_grad_(True)
+    elif state.positions is not None:
+        state.positions.requires_grad_(False)
+
+
+def positions_learned(config: SolverConfig, iteration: int) -> bool:
+    """Whether the scan positions are learned in this iteration."""
+    return config.refine_positions and config.lr_positions > 0 and iteration >= config.positions_start
+
+
+def batch_corners(run: Run, batch: torch.Tensor) -> torch.Tensor:
+    """The batch's probe-window corners: from the position model when it is learned."""
+    model = run.state.positions
+    if model is not None and model.offsets.requires_grad:
+        return model.corners(batch)
+    return run.state.window_corners[batch]
 
 
 def batch_order(run: Run, iteration: int) -> list[torch.Tensor]:
@@ -180,7 +235,7 @@ def gradient_step(run: Run, batch: torch.Tensor) -> float:
     """
     state = run.state
     prop = batch_propagator(run, batch)
-    model = forward(state.probe, state.phase, state.amplitude, state.window_corners[batch], prop)
+    model = forward(state.probe, state.phase, state.amplitude, batch_corners(run, batch), prop)
     loss = LOSSES[run.config.loss](model, run.data.targets(batch), run.data.mask)
     loss.backward()
     run.adam.step()
@@ -206,6 +261,21 @@ def thickness_step(run: Run) -> None:
     if run.state.slice_thickness.grad is not None:
         run.rprop.step()
         run.rprop.zero_grad(set_to_none=True)
+
+
+def positions_step(run: Run) -> None:
+    """One Adam step on the scan positions with the whole pass's gradient, then their constraints.
+
+    ``window_corners`` is updated to the new positions.
+    """
+    model = run.state.positions
+    if model is None or run.positions_adam is None or model.offsets.grad is None:
+        return
+    run.positions_adam.step()
+    run.positions_adam.zero_grad(set_to_none=True)
+    model.constrain(shrink=POSITION_SHRINK, max_offset=run.config.positions_max_offset / run.state.sampling)
+    with torch.no_grad():
+        run.state.window_corners.copy_(model.corners())
 
 
 def drift_due(config: SolverConfig, iteration: int, num_slices: int) -> bool:
