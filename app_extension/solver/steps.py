@@ -3,8 +3,10 @@
 One iteration of :func:`app_extension.solver.engine.reconstruct` is::
 
     set_trainable(run, it)
-    for batch in batch_order(run, it):
-        loss = gradient_step(run, batch)        # forward, loss, backward, Adam, bounds
+    batches = batch_order(run, it)              # chunk-aware for chunked data
+    run.data.schedule(batches)                  # streaming data: read ahead
+    for batch in batches:
+        loss = gradient_step(run, batch)        # forward, loss, backward, (all-reduce,) Adam, bounds
         check_divergence(run, loss, batch)
     thickness_step(run)                         # one Rprop step on dz per pass
     drift_to_tilt(run, it)                      # the slices' drift with depth -> tilt (APP)
@@ -12,7 +14,9 @@ One iteration of :func:`app_extension.solver.engine.reconstruct` is::
     finish_iteration(run, it, total, seconds)   # history, optimiser state
 
 :class:`Run` holds what the steps share: the state being learned, the
-measured data, the options, the optimisers and the frequency grids.
+measured data, the options, the optimisers and the frequency grids, and,
+when several processes share the positions, their communicator
+(:mod:`.distributed`).
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ from .alignment import fit_drift, fourier_shift, slice_shifts
 from .config import SolverConfig
 from .constraints import clamp_amplitude, orthogonalize_probe, smooth_depth
 from .data import MeasuredData
+from .distributed import Communicator
 from .losses import LOSSES
 from .state import ReconstructionState
 
@@ -67,13 +72,16 @@ class Run:
     rprop: torch.optim.Optimizer
     ky: torch.Tensor
     kx: torch.Tensor
+    comm: Communicator | None = None
 
     @classmethod
-    def start(cls, state: ReconstructionState, data: MeasuredData, config: SolverConfig) -> Run:
+    def start(
+        cls, state: ReconstructionState, data: MeasuredData, config: SolverConfig, comm: Communicator | None = None
+    ) -> Run:
         """Set up the optimisers (restoring their saved moments) and the grids."""
         adam, rprop = make_optimizers(state, config)
         ky, kx = data.grids(state.sampling)
-        return cls(state, data, config, adam, rprop, ky, kx)
+        return cls(state, data, config, adam, rprop, ky, kx, comm)
 
 
 # -- optimisers ---------------------------------------------------------------------------
@@ -155,10 +163,14 @@ def batch_order(run: Run, iteration: int) -> list[torch.Tensor]:
     """The mini-batches of this iteration: a random order seeded by (seed, iteration).
 
     Seeding per iteration makes a resumed run draw the same batches as an
-    uninterrupted one.
+    uninterrupted one, and every process of a distributed run the same global
+    batches. For chunked (lazy, file-backed) data the order is chunk-aware
+    (:meth:`.data.MeasuredData.permutation`): units of chunks are shuffled,
+    then the positions within groups of them; otherwise it is a plain random
+    permutation.
     """
     generator = torch.Generator().manual_seed(run.config.seed * 1_000_003 + iteration)
-    order = torch.randperm(run.data.num_positions, generator=generator).to(run.data.device)
+    order = run.data.permutation(generator, run.config.batch_size).to(run.data.device)
     return list(torch.split(order, run.config.batch_size))
 
 
@@ -176,17 +188,26 @@ def gradient_step(run: Run, batch: torch.Tensor) -> float:
     """Forward model, loss, backward and one Adam step for a batch; returns the batch's loss.
 
     The slice thickness's gradient is accumulated (not stepped) for
-    :func:`thickness_step`.
+    :func:`thickness_step`. With several processes, each computes its share
+    of the (global) batch and the object, probe and tilt gradients and the
+    loss are summed over the processes before the Adam step, so all take the
+    same step.
     """
     state = run.state
-    prop = batch_propagator(run, batch)
-    model = forward(state.probe, state.phase, state.amplitude, state.window_corners[batch], prop)
-    loss = LOSSES[run.config.loss](model, run.data.targets(batch), run.data.mask)
-    loss.backward()
+    local = run.data.local(batch)
+    value = 0.0
+    if local.numel():
+        prop = batch_propagator(run, local)
+        model = forward(state.probe, state.phase, state.amplitude, state.window_corners[local], prop)
+        loss = LOSSES[run.config.loss](model, run.data.targets(local), run.data.mask)
+        loss.backward()
+        value = float(loss.detach())
+    if run.comm is not None:
+        value = run.comm.all_reduce_gradients([p for g in run.adam.param_groups for p in g["params"]], value)
     run.adam.step()
     run.adam.zero_grad(set_to_none=True)
     clamp_amplitude(state.amplitude, run.config.max_amplitude)
-    return float(loss.detach())
+    return value
 
 
 def check_divergence(run: Run, value: float, batch_size: int) -> None:
@@ -202,7 +223,9 @@ def check_divergence(run: Run, value: float, batch_size: int) -> None:
 
 
 def thickness_step(run: Run) -> None:
-    """One Rprop step on dz with the gradient summed over the whole pass."""
+    """One Rprop step on dz with the gradient summed over the whole pass (and the processes)."""
+    if run.comm is not None:
+        run.comm.reduce_thickness_gradient(run.state.slice_thickness)
     if run.state.slice_thickness.grad is not None:
         run.rprop.step()
         run.rprop.zero_grad(set_to_none=True)
