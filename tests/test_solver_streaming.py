@@ -46,6 +46,7 @@ class GuardedArray:
         self.array, self.limit = array, limit
         self.shape, self.dtype, self.ndim = array.shape, array.dtype, array.ndim
         self.alive = 0
+        self.peak = 0
         self.reads = 0
 
     def _release(self, nbytes: int) -> None:
@@ -58,13 +59,14 @@ class GuardedArray:
         if self.alive + block.nbytes > self.limit:
             raise MemoryError(f"{self.alive + block.nbytes} bytes alive, limit {self.limit}")
         self.alive += block.nbytes
+        self.peak = max(self.peak, self.alive)
         self.reads += 1
         weakref.finalize(block, self._release, block.nbytes)
         return block
 
 
 def guarded(counts, chunks=(2, 4, 32, 32)):
-    guard = GuardedArray(counts, limit=counts.nbytes // 2)
+    guard = GuardedArray(counts, limit=counts.nbytes - 1)
     return guard, da.from_array(guard, chunks=chunks, asarray=False, meta=np.empty((0, 0, 0, 0), counts.dtype))
 
 
@@ -128,15 +130,17 @@ def test_full_array_never_materialised(counts, small_dataset, small_units):
     guard, lazy = guarded(counts)
     with pytest.raises(MemoryError):
         lazy.compute(scheduler="synchronous")  # what the old front end did
-    guard.reads = 0
+    guard.reads = guard.peak = 0
     state = reconstruct(lazy, small_dataset.geometry, CONFIG, show_progressbar=False, stream=True)
     assert state.status == "ok" and state.iteration == 2
+    # at most two groups of 2 units and one more unit resident: 5 of the 8 chunks
+    assert 0 < guard.peak <= 5 * counts.nbytes // 8
     # one checking pass plus one read per unit per iteration: each chunk read once per pass
     assert guard.reads == 8 * (1 + CONFIG.iterations)
     # the eager path on lazy data reads unit by unit as well
-    guard.reads = 0
+    guard.reads = guard.peak = 0
     eager = reconstruct(lazy, small_dataset.geometry, CONFIG, show_progressbar=False, stream=False)
-    assert guard.reads == 8
+    assert guard.reads == 8 and guard.peak <= counts.nbytes // 8
     assert np.isfinite(eager.history["loss"]).all()
 
 

@@ -205,7 +205,10 @@ class Patterns:
         block = self.array[y0:y1, x0:x1] if self.four_d else self.array[x0:x1]
         if hasattr(block, "compute"):
             block = block.compute(scheduler="synchronous")
-        return np.array(block, copy=True).reshape(-1, self.n, self.n)
+        # a copy only where the block is a view (of a memmap, or of a larger buffer)
+        owns = isinstance(block, np.ndarray) and block.base is None and not isinstance(block, np.memmap)
+        block = np.asarray(block) if owns else np.array(block, copy=True)
+        return block.reshape(-1, self.n, self.n)
 
     def gather(self, positions: np.ndarray) -> np.ndarray:
         """In-memory data: the patterns at ``positions``, (k, N, N), a copy in the storage dtype."""
@@ -632,17 +635,18 @@ class _Loader:
             self._pending[i] = self._pool.submit(self._produce, i)
 
     def _produce(self, i: int):
-        """Worker: batch i gathered; the targets for a CPU device, a pinned raw block for a GPU.
+        """Worker: batch i gathered in its storage dtype (pinned for a GPU).
 
-        For a GPU the cast, scaling and square root run on the device after a
-        non-blocking copy (the main thread issues it, see :meth:`targets`).
+        The cast, scaling and square root run in the calling thread on the
+        device (:meth:`targets`; a few ms per batch on a CPU): the worker's
+        allocations stay the size of the raw data, and a GPU gets the
+        non-blocking copy of the compact raw block.
         """
         batch = self._batches[i]
         raw = self._gather(batch, cache=True)
         for u in [u for u, last in self._last_use.items() if last == i]:
             self._cache.pop(u, None)
-        t = self.data._host_tensor(raw, pin=self.pin)
-        return self.data.prepare(t) if self.data.device.type == "cpu" else t
+        return self.data._host_tensor(raw, pin=self.pin)
 
     def _gather(self, batch: np.ndarray, cache: bool) -> np.ndarray:
         patterns = self.patterns
@@ -671,8 +675,7 @@ class _Loader:
                 future = self._pending.pop(i)
             self._next = i + 1
             self._submit(i + 1)  # read ahead while this batch is computed
-            out = future.result()
-            return out if self.data.device.type == "cpu" else self.data.prepare(out)
+            return self.data.prepare(future.result())
         # not the scheduled batch: read it now, outside the cache
         self._drain()
         raw = self._gather(wanted, cache=False)
