@@ -308,6 +308,8 @@ def state_to_signal(
                 for k, v in state.positions.summary(state.sampling).items()
             },
         }
+    if state.memory_estimate is not None:
+        info["Memory_estimate"] = _arrays_for_sequences(dict(state.memory_estimate))
     info["State"] = state_to_metadata(state, config, geometry)
     signal.metadata.set_item(RESULT_NODE, _arrays_for_sequences(info))
     return signal

@@ -51,7 +51,9 @@ def test_cli_help_lists_every_option_with_its_default():
 def test_readme_table_is_the_generated_one():
     text = README.read_text(encoding="utf-8")
     block = text.split("<!-- options-table:start -->\n", 1)[1].split("\n<!-- options-table:end -->", 1)[0]
-    assert block == options_markdown(), "README options table is stale: python -m app_extension.frontend --write README.md"
+    assert block == options_markdown(), (
+        "README options table is stale: python -m app_extension.frontend --write README.md"
+    )
 
 
 @pytest.mark.parametrize(

@@ -79,6 +79,7 @@ def test_refinement_recovers_a_miscalibrated_jittered_scan():
         batch_size=16,
         lr_positions=0.05,
         positions_start=2,
+        positions_global=True,
     )
     state = reconstruct(ds.data, geometry, config, show_progressbar=False)
     fixed = reconstruct(ds.data, geometry, config.replace(refine_positions=False), show_progressbar=False)

@@ -63,13 +63,34 @@ def test_lazy_and_eager_agree(small_signal):
     np.testing.assert_allclose(lazy.data, eager.data, rtol=1e-5, atol=1e-6)
 
 
-def test_lazy_input_copied_block_by_block(small_signal):
+def test_lazy_signal_is_read_chunk_by_chunk_never_whole(small_signal, monkeypatch):
+    """ptycho_app on a lazy signal never computes the whole dask array, and matches the eager run."""
+    import dask.array as da
+
     lazy = small_signal.as_lazy()
     lazy.rechunk(nav_chunks=(2, 4))
+    full = lazy.data.shape
     assert len(lazy.data.chunks[0]) > 1
-    data = lazy._intensities()
-    assert data.dtype == np.float32 and isinstance(data, np.ndarray)
-    np.testing.assert_array_equal(data, small_signal.data.astype(np.float32))
+    compute, to_numpy = da.Array.compute, da.Array.__array__
+
+    def refuse_whole(method):
+        def guarded(self, *args, **kwargs):
+            if self.shape == full:
+                raise AssertionError("the whole lazy array was computed")
+            return method(self, *args, **kwargs)
+
+        return guarded
+
+    # read units are whole chunks merged up to 16 MB: here, one chunk each (this array is tiny)
+    monkeypatch.setattr("app_extension.solver.data.UNIT_BYTES", 1)
+    monkeypatch.setattr(da.Array, "compute", refuse_whole(compute))
+    monkeypatch.setattr(da.Array, "__array__", refuse_whole(to_numpy))
+    with pytest.raises(AssertionError, match="whole lazy array"):
+        np.asarray(lazy.data)  # the guard works
+    options = dict(iterations=2, defocus=DEFOCUS, **FAST)
+    from_lazy = lazy.ptycho_app(**options)
+    monkeypatch.undo()
+    np.testing.assert_allclose(from_lazy.data, small_signal.ptycho_app(**options).data, atol=1e-6)
 
 
 def test_fpp_mode(small_signal):

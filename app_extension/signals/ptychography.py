@@ -66,16 +66,6 @@ class AppPtychography2D(Signal2D):
         """
         set_experimental_parameters(self, beam_energy, convergence_angle, scan_step, detector_sampling)
 
-    def _intensities(self) -> np.ndarray:
-        """The patterns as one float32 array; lazy data are copied in block by block."""
-        if not self._lazy:
-            return np.asarray(self.data)
-        import dask.array as da
-
-        out = np.empty(self.data.shape, dtype=np.float32)
-        da.store(self.data.astype(np.float32), out, lock=False)
-        return out
-
     def ptycho_app(
         self,
         *,
@@ -167,7 +157,7 @@ class AppPtychography2D(Signal2D):
 
             show_progressbar = preferences.General.show_progressbar
         result = reconstruct(
-            self._intensities(),
+            self.data,  # read where it is: a lazy signal's dask array is streamed, never loaded whole
             geometry,
             config,
             state=state,
@@ -201,6 +191,6 @@ class AppPtychography2D(Signal2D):
 
 
 class LazyAppPtychography2D(AppPtychography2D, LazySignal2D):
-    """Lazy (dask) version of :class:`AppPtychography2D`; ``ptycho_app`` copies the data in block by block."""
+    """Lazy (dask) version of :class:`AppPtychography2D`; ``ptycho_app`` reads the data chunk by chunk."""
 
     _lazy = True

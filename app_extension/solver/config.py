@@ -187,6 +187,13 @@ class SolverConfig:
         "and per-position offsets regularised toward the raster.",
         kind="bool",
     )
+    positions_global: bool = option(
+        False,
+        "Also learn the global affine correction and the linear drift of the scan (off by default: on "
+        "ideal data they trade off against the learned thickness and defocus and moved the field's edge "
+        "by up to 0.1 Å).",
+        kind="bool",
+    )
     positions_start: int = option(
         3, "First iteration at which the scan positions are learned.", kind="int", low=0
     )

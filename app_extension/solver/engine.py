@@ -11,6 +11,14 @@ Long runs lose nothing: Ctrl-C returns the state reached so far
 (``status="interrupted"``), a non-finite loss restores the last good state and
 stops (``status="diverged"``), and ``checkpoint=`` writes the state to disk
 every ``checkpoint_every`` iterations.
+
+Before anything is allocated, :func:`.memory.preflight` estimates the run's
+peak memory from the shapes and refuses what cannot fit (the estimate is
+logged and kept as ``state.memory_estimate``). The data are read where they
+are (:mod:`.data`: eager targets on the device, or streamed per batch for
+large or lazy data). Under ``torchrun`` the positions are shared by the
+processes (:mod:`.distributed`): rank 0 writes checkpoints, shows progress
+and calls the callback.
 """
 
 from __future__ import annotations
@@ -28,7 +36,9 @@ from . import steps
 from .alignment import post_align
 from .allocator import tune_cpu_allocator
 from .config import Geometry, SolverConfig
-from .data import MeasuredData
+from .data import MeasuredData, Patterns
+from .distributed import from_environment
+from .memory import preflight
 from .state import ReconstructionState
 
 __all__ = ["reconstruct", "initial_state"]
@@ -102,6 +112,7 @@ def reconstruct(
     checkpoint: str | os.PathLike | None = None,
     checkpoint_every: int = 5,
     detector_mask: np.ndarray | None = None,
+    stream: bool | None = None,
 ) -> ReconstructionState:
     """Multislice ptychography with an adaptive (APP) or fixed (FPP) propagator.
 
@@ -127,6 +138,11 @@ def reconstruct(
         and at the end.
     detector_mask
         Boolean (N, N), True for the detector pixels the loss uses.
+    stream
+        True: read the patterns per batch (prefetched in a background
+        thread); False: hold all targets on the device; None: decide from the
+        size, the free memory and whether the input is lazy
+        (:func:`.data.decide_streaming`).
 
     Returns
     -------
@@ -134,20 +150,37 @@ def reconstruct(
         ``status`` tells whether the run finished (``"ok"``), was interrupted
         by Ctrl-C (``"interrupted"``) or stopped on a non-finite loss
         (``"diverged"``, the state is the last good one).
+        ``memory_estimate`` holds the preflight's estimate
+        (:meth:`.memory.MemoryEstimate.to_dict`).
+
+    Raises
+    ------
+    memory.MemoryPreflightError
+        The run would not fit in the free memory, or the object grid is
+        absurd (:class:`.memory.ObjectTooLargeError`); nothing large was
+        allocated.
     """
     config = config or SolverConfig()
-    device = torch.device(config.device)
+    comm, device = from_environment(config.device)
+    if comm is not None and not comm.is_writer:
+        show_progressbar, callback, checkpoint = False, None, None
     if device.type == "cpu":
         tune_cpu_allocator()
         torch.manual_seed(config.seed)
-    data = MeasuredData(intensities, geometry, config, device, detector_mask=detector_mask)
+    patterns = Patterns(intensities, geometry.scan_positions.shape[0])
+    ranks = 1 if comm is None else comm.world_size
+    estimate = preflight(patterns, geometry, config, device, stream=stream, world_size=ranks)
+    _log.info("%s", estimate.summary())
+    data = MeasuredData(
+        patterns, geometry, config, device, detector_mask=detector_mask, stream=estimate.streaming, comm=comm
+    )
     if state is None:
         state = initial_state(geometry, config, data.window, data.mean_intensity, device)
         state.intensity_scale = data.intensity_scale
     else:
         state = _continue_from(state, data, config, device)
     n_iter = config.iterations if iterations is None else int(iterations)
-    run = steps.Run.start(state, data, config)
+    run = steps.Run.start(state, data, config, comm)
     extra = {"config": config.to_dict(), "geometry": geometry.to_dict()}
 
     progress = None
@@ -186,6 +219,7 @@ def reconstruct(
         run.state = _restore(last_good, "interrupted")
         _log.warning("Interrupted at iteration %d; returning the state reached so far.", run.state.iteration)
     finally:
+        data.close()
         if progress is not None:
             progress.close()
     state = run.state
@@ -203,6 +237,7 @@ def reconstruct(
         )
     if checkpoint is not None:
         state.save(checkpoint, extra=extra)
+    state.memory_estimate = estimate.to_dict()
     return state
 
 
@@ -210,7 +245,9 @@ def _iteration(run: steps.Run, it: int) -> float:
     """One pass over all scan positions; returns the summed loss."""
     steps.set_trainable(run, it)
     total = 0.0
-    for batch in steps.batch_order(run, it):
+    batches = steps.batch_order(run, it)
+    run.data.schedule(batches)
+    for batch in batches:
         value = steps.gradient_step(run, batch)
         steps.check_divergence(run, value, len(batch))
         total += value

@@ -15,9 +15,14 @@ offsets. The offsets are kept free of any mean or linear part (those belong to
 object) and are pulled back toward zero each step (regularised toward the
 raster), and each is limited to ``max_offset`` pixels.
 
-All of them are learned with Adam on the gradient of the whole pass, one step
+All of them are learned with Rprop on the gradient of the whole pass, one step
 per iteration: every position is in exactly one batch of a pass, so the
-gradient is complete, and no position moves on stale momentum.
+gradient is complete, and no position moves on stale momentum. By default
+only the offsets are learned (``SolverConfig.positions_global`` adds ``A`` and
+``d``): on ideal abTEM data (validation/) the global terms moved by 0.1-0.16 Å,
+trading off against the learned thickness and the probe's defocus, and raised
+the column-site error from 3.7 to 5.5-7 pm, while the offsets stayed below
+0.01 Å RMS.
 """
 
 from __future__ import annotations

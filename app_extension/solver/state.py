@@ -69,6 +69,8 @@ class ReconstructionState:
     lowest_loss
         Lowest loss per position of any batch so far (the divergence test's
         reference).
+    memory_estimate
+        The memory preflight's estimate for the last run (:mod:`.memory`).
     positions
         The learned scan-position model (:class:`.positions.PositionModel`)
         once position refinement has started; ``window_corners`` follows it.
@@ -91,6 +93,7 @@ class ReconstructionState:
     optimizer: dict | None = None
     lowest_loss: float = math.inf
     positions: PositionModel | None = None
+    memory_estimate: dict | None = None
 
     _TENSORS = ("phase", "amplitude", "probe", "tilt", "slice_thickness", "window_corners")
 
@@ -142,6 +145,7 @@ class ReconstructionState:
             optimizer=copy.deepcopy(self.optimizer),
             lowest_loss=self.lowest_loss,
             positions=None if self.positions is None else self.positions.clone(),
+            memory_estimate=copy.deepcopy(self.memory_estimate),
         )
 
     # -- the one serialised form ------------------------------------------------------------
@@ -167,6 +171,7 @@ class ReconstructionState:
             optimizer=_optimizer_tree(self.optimizer),
             lowest_loss=float(self.lowest_loss),
             positions=None if self.positions is None else self.positions.to_tree(),
+            memory_estimate=self.memory_estimate,
         )
         return {"format": FORMAT, "state": d, "extra": extra or {}}
 

@@ -3,8 +3,10 @@
 One iteration of :func:`app_extension.solver.engine.reconstruct` is::
 
     set_trainable(run, it)
-    for batch in batch_order(run, it):
-        loss = gradient_step(run, batch)        # forward, loss, backward, Adam, bounds
+    batches = batch_order(run, it)              # chunk-aware for chunked data
+    run.data.schedule(batches)                  # streaming data: read ahead
+    for batch in batches:
+        loss = gradient_step(run, batch)        # forward, loss, backward, (all-reduce,) Adam, bounds
         check_divergence(run, loss, batch)
     thickness_step(run)                         # one Rprop step on dz per pass
     positions_step(run)                         # one Adam step on the scan positions per pass
@@ -13,7 +15,9 @@ One iteration of :func:`app_extension.solver.engine.reconstruct` is::
     finish_iteration(run, it, total, seconds)   # history, optimiser state
 
 :class:`Run` holds what the steps share: the state being learned, the
-measured data, the options, the optimisers and the frequency grids.
+measured data, the options, the optimisers and the frequency grids, and,
+when several processes share the positions, their communicator
+(:mod:`.distributed`).
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ from .alignment import fit_drift, fourier_shift, slice_shifts
 from .config import SolverConfig
 from .constraints import clamp_amplitude, orthogonalize_probe, smooth_depth
 from .data import MeasuredData
+from .distributed import Communicator
 from .losses import LOSSES
 from .positions import PositionModel
 from .state import ReconstructionState
@@ -79,16 +84,23 @@ class Run:
     rprop: torch.optim.Optimizer
     ky: torch.Tensor
     kx: torch.Tensor
-    positions_adam: torch.optim.Optimizer | None = None
+    comm: Communicator | None = None
+    positions_optimizer: torch.optim.Optimizer | None = None
 
     @classmethod
-    def start(cls, state: ReconstructionState, data: MeasuredData, config: SolverConfig) -> Run:
+    def start(
+        cls,
+        state: ReconstructionState,
+        data: MeasuredData,
+        config: SolverConfig,
+        comm: Communicator | None = None,
+    ) -> Run:
         """Set up the optimisers (restoring their saved moments) and the grids."""
         adam, rprop = make_optimizers(state, config)
         ky, kx = data.grids(state.sampling)
-        run = cls(state, data, config, adam, rprop, ky, kx)
+        run = cls(state, data, config, adam, rprop, ky, kx, comm)
         if state.positions is not None and config.refine_positions:
-            run.positions_adam = make_position_optimizer(state, config)
+            run.positions_optimizer = make_position_optimizer(state, config)
         return run
 
 
@@ -138,14 +150,15 @@ def make_position_optimizer(state: ReconstructionState, config: SolverConfig) ->
     model = state.positions
     lr_px = config.lr_positions / state.sampling
     half_extent = float((model.nominal - model.centre).abs().max().clamp(min=1.0))
+    global_lr = lr_px if config.positions_global else 0.0
     groups = [
-        (model.affine, AFFINE_STEP * lr_px / half_extent, "affine"),
-        (model.drift, lr_px, "drift"),
+        (model.affine, AFFINE_STEP * global_lr / half_extent, "affine"),
+        (model.drift, global_lr, "drift"),
         (model.offsets, lr_px, "offsets"),
     ]
     rprop = torch.optim.Rprop(
         [
-            {"params": [p], "lr": lr, "step_sizes": (1e-3 * lr, 4 * lr), "name": name}
+            {"params": [p], "lr": lr, "step_sizes": (1e-3 * lr, max(4 * lr, 1e-12)), "name": name}
             for p, lr, name in groups
         ],
         etas=(0.5, 1.2),
@@ -184,8 +197,8 @@ def optimizer_snapshot(run: Run) -> dict:
         return node
 
     snapshot = {"adam": cpu(run.adam.state_dict()), "rprop": cpu(run.rprop.state_dict())}
-    if run.positions_adam is not None:
-        snapshot["positions"] = cpu(run.positions_adam.state_dict())
+    if run.positions_optimizer is not None:
+        snapshot["positions"] = cpu(run.positions_optimizer.state_dict())
     return snapshot
 
 
@@ -204,8 +217,8 @@ def set_trainable(run: Run, iteration: int) -> None:
     if positions_learned(config, iteration):
         if state.positions is None:
             state.positions = PositionModel(state.window_corners)
-        if run.positions_adam is None:
-            run.positions_adam = make_position_optimizer(state, config)
+        if run.positions_optimizer is None:
+            run.positions_optimizer = make_position_optimizer(state, config)
         state.positions.requires_grad_(True)
     elif state.positions is not None:
         state.positions.requires_grad_(False)
@@ -228,10 +241,14 @@ def batch_order(run: Run, iteration: int) -> list[torch.Tensor]:
     """The mini-batches of this iteration: a random order seeded by (seed, iteration).
 
     Seeding per iteration makes a resumed run draw the same batches as an
-    uninterrupted one.
+    uninterrupted one, and every process of a distributed run the same global
+    batches. For chunked (lazy, file-backed) data the order is chunk-aware
+    (:meth:`.data.MeasuredData.permutation`): units of chunks are shuffled,
+    then the positions within groups of them; otherwise it is a plain random
+    permutation.
     """
     generator = torch.Generator().manual_seed(run.config.seed * 1_000_003 + iteration)
-    order = torch.randperm(run.data.num_positions, generator=generator).to(run.data.device)
+    order = run.data.permutation(generator, run.config.batch_size).to(run.data.device)
     return list(torch.split(order, run.config.batch_size))
 
 
@@ -249,17 +266,26 @@ def gradient_step(run: Run, batch: torch.Tensor) -> float:
     """Forward model, loss, backward and one Adam step for a batch; returns the batch's loss.
 
     The slice thickness's gradient is accumulated (not stepped) for
-    :func:`thickness_step`.
+    :func:`thickness_step`. With several processes, each computes its share
+    of the (global) batch and the object, probe and tilt gradients and the
+    loss are summed over the processes before the Adam step, so all take the
+    same step.
     """
     state = run.state
-    prop = batch_propagator(run, batch)
-    model = forward(state.probe, state.phase, state.amplitude, batch_corners(run, batch), prop)
-    loss = LOSSES[run.config.loss](model, run.data.targets(batch), run.data.mask)
-    loss.backward()
+    local = run.data.local(batch)
+    value = 0.0
+    if local.numel():
+        prop = batch_propagator(run, local)
+        model = forward(state.probe, state.phase, state.amplitude, batch_corners(run, local), prop)
+        loss = LOSSES[run.config.loss](model, run.data.targets(local), run.data.mask)
+        loss.backward()
+        value = float(loss.detach())
+    if run.comm is not None:
+        value = run.comm.all_reduce_gradients([p for g in run.adam.param_groups for p in g["params"]], value)
     run.adam.step()
     run.adam.zero_grad(set_to_none=True)
     clamp_amplitude(state.amplitude, run.config.max_amplitude)
-    return float(loss.detach())
+    return value
 
 
 def check_divergence(run: Run, value: float, batch_size: int) -> None:
@@ -275,22 +301,28 @@ def check_divergence(run: Run, value: float, batch_size: int) -> None:
 
 
 def thickness_step(run: Run) -> None:
-    """One Rprop step on dz with the gradient summed over the whole pass."""
+    """One Rprop step on dz with the gradient summed over the whole pass (and the processes)."""
+    if run.comm is not None:
+        run.comm.reduce_thickness_gradient(run.state.slice_thickness)
     if run.state.slice_thickness.grad is not None:
         run.rprop.step()
         run.rprop.zero_grad(set_to_none=True)
 
 
 def positions_step(run: Run) -> None:
-    """One Adam step on the scan positions with the whole pass's gradient, then their constraints.
+    """One Rprop step on the scan positions with the whole pass's gradient, then their constraints.
 
     ``window_corners`` is updated to the new positions.
     """
     model = run.state.positions
-    if model is None or run.positions_adam is None or model.offsets.grad is None:
+    if model is None or run.positions_optimizer is None or not model.offsets.requires_grad:
         return
-    run.positions_adam.step()
-    run.positions_adam.zero_grad(set_to_none=True)
+    if run.comm is not None:  # each process holds the gradients of its own positions
+        run.comm.all_reduce_gradients(model.parameters(), 0.0)
+    if model.offsets.grad is None:
+        return
+    run.positions_optimizer.step()
+    run.positions_optimizer.zero_grad(set_to_none=True)
     model.constrain(shrink=POSITION_SHRINK, max_offset=run.config.positions_max_offset / run.state.sampling)
     with torch.no_grad():
         run.state.window_corners.copy_(model.corners())
