@@ -2,11 +2,13 @@
 
 * :func:`information_limit`: the highest-frequency lattice spot of the
   diffractogram (power spectrum of the Hann-windowed image) that stands clearly
-  above the noise background, as in the paper's Fig. 4. The background at a
-  frequency is the median power of the ring of that radius (spots fill only a
-  small part of a ring); a spot counts when its peak power is at least ``snr``
-  times that (default 20: for noise alone, power/median exceeds 20 with
-  probability 2**-20 per pixel). The limit is 1 / |g| of the spot, in Å.
+  above the noise background, as in the paper's Fig. 4. Only the points of the
+  reciprocal lattice (given, or found from the image) are tested. The
+  background at a frequency is the median power of the ring of that radius
+  (spots fill only a small part of a ring); a spot counts when its peak power
+  is at least ``snr`` times that (default 20: for noise alone, power/median
+  exceeds 20 with probability 2**-20 per pixel). The limit is 1 / |g| of the
+  spot, in Å.
 * :func:`fourier_ring_correlation`: FRC of two reconstructions from halves
   of the data, with the resolution where it first drops below a threshold:
   the half-bit curve (van Heel & Schatz 2005; default, the criterion for two
@@ -34,6 +36,7 @@ def information_limit(
     image,
     sampling: float | None = None,
     *,
+    lattice=None,
     snr: float = 20.0,
     kmin: float = 0.15,
     pad: int = 2,
@@ -45,26 +48,36 @@ def information_limit(
     image
         A HyperSpy signal (a ptycho_app result: mean phase; any calibrated
         Signal2D) or a numpy image with ``sampling`` in Å per pixel.
+    lattice
+        The :class:`~app_extension.analysis.columns.Lattice` whose spots are
+        tested; ``None`` finds it from the image
+        (:func:`~app_extension.analysis.columns.find_lattice`). Only
+        reciprocal-lattice points are tested, so the window's side lobes
+        around strong spots do not count.
     snr
-        A spot counts when its peak power is at least ``snr`` times the
+        A spot counts when its peak power (the maximum within one
+        unpadded-pixel of the lattice point) is at least ``snr`` times the
         median power of its ring.
     kmin
-        Frequencies below this (1/Å) are not searched (background, window).
+        Frequencies below this (1/Å) are not tested.
     pad
         Zero-padding factor of the FFT (finer frequency sampling).
 
     Returns
     -------
     dict
-        ``limit`` (Å, 1/|g| of the highest-frequency spot), ``frequency``
-        (1/Å), ``spot`` (gx, gy) in 1/Å, ``snr`` of that spot, and ``spots``:
-        (K, 4) array of gx, gy, |g| (1/Å) and snr of every spot found, by |g|.
-        ``limit`` is NaN when no spot qualifies.
+        ``limit`` (Å, 1/|g| of the highest-frequency spot above ``snr``),
+        ``frequency`` (1/Å), ``spot`` (h, k) indices and ``snr`` of that spot,
+        and ``spots``: (K, 5) array of h, k, |g| (1/Å), snr and a 0/1 flag
+        (above ``snr``) for every lattice point tested, by |g|. ``limit`` is
+        NaN when no spot qualifies.
     """
-    from scipy.ndimage import maximum_filter
+    from .columns import find_lattice
 
     img, x, y = as_image(image, sampling)
     d = float(abs(x[1] - x[0]))
+    if lattice is None:
+        lattice = find_lattice(img, d, (y[0], x[0]))
     power = diffractogram(img, pad)
     ny, nx = power.shape
     fy = (np.arange(ny) - ny // 2) / (ny * d)
@@ -72,29 +85,46 @@ def information_limit(
     k = np.hypot(fy[:, None], fx[None, :])
     dk = 1.0 / (max(ny, nx) * d)
     ring = np.round(k / dk).astype(int)
-    medians = np.zeros(ring.max() + 1)
     order = np.argsort(ring.ravel())
-    sorted_rings = ring.ravel()[order]
-    bounds = np.searchsorted(sorted_rings, np.arange(ring.max() + 2))
+    bounds = np.searchsorted(ring.ravel()[order], np.arange(ring.max() + 2))
     values = power.ravel()[order]
-    for r in range(ring.max() + 1):
-        chunk = values[bounds[r] : bounds[r + 1]]
-        medians[r] = np.median(chunk) if chunk.size else np.inf
-    background = medians[ring]
-    local = power == maximum_filter(power, size=2 * pad + 1, mode="wrap")
-    kmax = 0.5 / d  # stay inside the inscribed circle (full rings)
-    ratio = power / np.maximum(background, 1e-300)
-    found = local & (ratio >= snr) & (k >= kmin) & (k <= kmax)
-    iy, ix = np.nonzero(found)
-    spots = np.stack([fx[ix], fy[iy], k[iy, ix], ratio[iy, ix]], axis=1) if iy.size else np.zeros((0, 4))
-    spots = spots[np.argsort(spots[:, 2])]
-    if not len(spots):
-        return {"limit": np.nan, "frequency": np.nan, "spot": (np.nan, np.nan), "snr": np.nan, "spots": spots}
-    best = spots[-1]
+    medians = np.array(
+        [
+            np.median(values[bounds[r] : bounds[r + 1]]) if bounds[r + 1] > bounds[r] else np.inf
+            for r in range(ring.max() + 1)
+        ]
+    )
+    kmax = 0.5 / d  # inside the inscribed circle: full rings
+    recip = np.linalg.inv(lattice.matrix).T  # columns: g1, g2 (x, y) in 1/Å
+    gmin = min(np.linalg.norm(recip[:, 0]), np.linalg.norm(recip[:, 1]))
+    nmax = int(np.ceil(kmax / gmin * 1.5)) + 1
+    rows = []
+    half = pad  # search radius: one unpadded pixel
+    for h in range(-nmax, nmax + 1):
+        for kk in range(-nmax, nmax + 1):
+            g = recip @ np.array([h, kk], dtype=float)
+            gn = float(np.hypot(*g))
+            if not kmin <= gn <= kmax:
+                continue
+            # One of each +/- pair (the power spectrum of a real image is symmetric).
+            if (h, kk) < (0, 0) and (-h, -kk) != (h, kk):
+                continue
+            ix = int(round(g[0] / (fx[1] - fx[0]))) + nx // 2
+            iy = int(round(g[1] / (fy[1] - fy[0]))) + ny // 2
+            patch = power[max(iy - half, 0) : iy + half + 1, max(ix - half, 0) : ix + half + 1]
+            if patch.size == 0:
+                continue
+            ratio = float(patch.max() / max(medians[min(int(round(gn / dk)), medians.size - 1)], 1e-300))
+            rows.append((h, kk, gn, ratio, float(ratio >= snr)))
+    spots = np.array(sorted(rows, key=lambda r: r[2])) if rows else np.zeros((0, 5))
+    good = spots[spots[:, 4] > 0] if len(spots) else spots
+    if not len(good):
+        return {"limit": np.nan, "frequency": np.nan, "spot": (0, 0), "snr": np.nan, "spots": spots}
+    best = good[-1]
     return {
         "limit": float(1.0 / best[2]),
         "frequency": float(best[2]),
-        "spot": (float(best[0]), float(best[1])),
+        "spot": (int(best[0]), int(best[1])),
         "snr": float(best[3]),
         "spots": spots,
     }
@@ -144,7 +174,9 @@ def fourier_ring_correlation(
 
     def edge(n):
         t = np.ones(n)
-        m = max(1, int(taper * n))
+        m = int(taper * n)
+        if m < 1:
+            return t
         ramp = 0.5 - 0.5 * np.cos(np.pi * (np.arange(m) + 0.5) / m)
         t[:m], t[-m:] = ramp, ramp[::-1]
         return t
