@@ -44,7 +44,8 @@ def plain_prior(field: torch.Tensor, weight: float) -> None:
     """Today's prior (same as ``constraints.smooth_depth``): every slice ``weight`` of the way to its neighbours."""
     if weight <= 0 or field.shape[0] < 2:
         return
-    field.mul_(1 - weight).add_(neighbour_mean(field), alpha=weight)
+    neighbours = neighbour_mean(field)  # before field changes
+    field.mul_(1 - weight).add_(neighbours, alpha=weight)
 
 
 @torch.no_grad()
