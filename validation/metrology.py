@@ -119,7 +119,7 @@ def main(argv=None) -> int:
     p.add_argument("--slices", type=int, nargs="+", default=[5, 10])
     p.add_argument("--iterations", type=int, default=20)
     p.add_argument("--threads", type=int, default=1)
-    p.add_argument("--margins", type=float, nargs="+", default=[0.5, 2.5])
+    p.add_argument("--margins", type=float, nargs="+", default=[0.5, 3.0])
     p.add_argument("--runs", default=os.fspath(RUNS))
     p.add_argument("--out", default=os.fspath(HERE / "results" / "metrology.json"))
     args = p.parse_args(argv)

@@ -41,6 +41,7 @@ __all__ = [
     "PEROVSKITE_MOTIF",
     "find_lattice",
     "lattice_sites",
+    "perovskite_cell",
     "refine_lattice",
     "fit_columns",
     "perovskite_displacements",
@@ -470,6 +471,48 @@ def refine_lattice(columns: np.ndarray, lattice: Lattice, motif: dict | None = N
 
 # --------------------------------------------------------------------------- perovskites
 
+
+def _site_score(img, x, y, lattice: Lattice, motif: dict) -> float:
+    """How well every sublattice of ``motif`` sits on columns: the weakest sublattice's mean contrast."""
+    from scipy.ndimage import gaussian_filter, map_coordinates
+
+    sm = gaussian_filter(img, 1.0)
+    level = np.median(sm)
+    step = float(x[1] - x[0])
+    scores = []
+    for u, v in motif.values():
+        pts = [p for (_, _, _, p) in lattice_sites(lattice, {"s": (u, v)}, x, y, margin=0.5)]
+        if not pts:
+            return -np.inf
+        pts = np.array(pts)
+        coords = [(pts[:, 1] - y[0]) / step, (pts[:, 0] - x[0]) / step]
+        scores.append(float(np.mean(map_coordinates(sm, coords, order=1)) - level))
+    return min(scores)
+
+
+def perovskite_cell(img, x, y, lattice: Lattice) -> Lattice:
+    """The perovskite cell among the found lattice and its 45-degree supercell.
+
+    In a phase image the A and B columns of a perovskite can look alike, so
+    the FFT's strongest lattice is then the centred one (A and B, spacing
+    a / sqrt 2) and the O spots that set the true cell are weak. Of the two
+    candidates the one whose four sublattices (A, B, O1, O2) all fall on
+    columns is kept (origin unchanged, on an A or B column).
+    """
+    b1, b2 = np.asarray(lattice.a1), np.asarray(lattice.a2)
+    candidates = [lattice, Lattice(b1 + b2, b2 - b1, lattice.origin)]
+    scores = [_site_score(img, x, y, c, PEROVSKITE_MOTIF) for c in candidates]
+    best = candidates[int(np.argmax(scores))]
+    a1, a2 = np.asarray(best.a1), np.asarray(best.a2)
+    if abs(a2[0]) > abs(a1[0]):
+        a1, a2 = a2, a1
+    if a1[0] < 0:
+        a1 = -a1
+    if np.cross(a1, a2) < 0:
+        a2 = -a2
+    return Lattice(a1, a2, best.origin)
+
+
 _CELL_DTYPE = np.dtype(
     [
         ("i", "i4"),
@@ -580,7 +623,8 @@ def perovskite_metrology(
         Signal2D (axes in Å, nm, ...), or a numpy image with ``sampling``.
     lattice
         :class:`Lattice` with its origin on an A-site column; ``None`` finds
-        it from the FFT, with the origin on the column nearest ``a_site``
+        it from the FFT (:func:`find_lattice`, then :func:`perovskite_cell`
+        between it and its 45-degree supercell), with the origin on the column nearest ``a_site``
         ((x, y) Å) or, by default, on the brightest column near the centre.
         The A and B sites of a perovskite look alike in a phase image, so pass
         ``a_site`` (or the lattice) when it matters which is which.
@@ -600,7 +644,9 @@ def perovskite_metrology(
     """
     img, x, y = as_image(image, sampling, origin)
     if lattice is None:
-        lattice = find_lattice(img, float(x[1] - x[0]), (y[0], x[0]), a_site=a_site)
+        lattice = perovskite_cell(
+            img, x, y, find_lattice(img, float(x[1] - x[0]), (y[0], x[0]), a_site=a_site)
+        )
     columns = fit_columns(
         img,
         lattice,
