@@ -12,7 +12,7 @@ ORIGIN = (0.7, 0.4)  # (x, y) Å of an A column
 PEAKS = {"A": 1.0, "B": 0.8, "O1": 0.3, "O2": 0.3}
 
 
-def perovskite_image(displacement, angle_deg=0.0, cells=5, width=0.35):
+def perovskite_image(displacement, angle_deg=0.0, cells=5, width=0.35, peaks=None):
     """Phase-like image of an ABO3 [001] lattice; ``displacement(i, j)`` -> (dx, dy) Å of the B column."""
     n = int(cells * A / STEP)
     x = np.arange(n) * STEP
@@ -26,7 +26,9 @@ def perovskite_image(displacement, angle_deg=0.0, cells=5, width=0.35):
                 p = lattice.position(i, j, u, v)
                 if label == "B":
                     p = p + np.asarray(displacement(i, j))
-                img += PEAKS[label] * np.exp(-((xx - p[0]) ** 2 + (yy - p[1]) ** 2) / (2 * width**2))
+                img += (peaks or PEAKS)[label] * np.exp(
+                    -((xx - p[0]) ** 2 + (yy - p[1]) ** 2) / (2 * width**2)
+                )
     return img, lattice
 
 
@@ -122,3 +124,14 @@ def test_uncalibrated_signal_is_refused():
     img, lattice = perovskite_image(lambda i, j: (0.0, 0.0), cells=3)
     with pytest.raises(ValueError, match="not calibrated"):
         fit_columns(hs.signals.Signal2D(img), lattice)
+
+
+def test_a_and_b_alike_still_give_the_perovskite_cell():
+    # A and B equally strong: the FFT's strongest lattice is the centred one (a / sqrt 2).
+    peaks = {"A": 1.0, "B": 1.0, "O1": 0.3, "O2": 0.3}
+    img, _ = perovskite_image(lambda i, j: (0.002, 0.0), peaks=peaks)
+    centred = find_lattice(img, STEP, (0.0, 0.0))
+    assert np.hypot(*centred.a1) == pytest.approx(A / np.sqrt(2), rel=0.01)
+    result = perovskite_metrology(img, sampling=STEP, a_site=(ORIGIN[0] + A, ORIGIN[1] + A))
+    assert np.hypot(*result["lattice"].a1) == pytest.approx(A, rel=1e-3)
+    assert np.allclose(result["cells"]["dA_x"], 0.2, atol=0.2)

@@ -472,22 +472,23 @@ def refine_lattice(columns: np.ndarray, lattice: Lattice, motif: dict | None = N
 # --------------------------------------------------------------------------- perovskites
 
 
-def _site_score(img, x, y, lattice: Lattice, motif: dict) -> float:
-    """How well every sublattice of ``motif`` sits on columns: the weakest sublattice's mean contrast."""
+def _site_contrast(img, x, y, lattice: Lattice, motif: dict) -> np.ndarray:
+    """Mean contrast (smoothed image minus its median) at the sites of each sublattice of ``motif``."""
     from scipy.ndimage import gaussian_filter, map_coordinates
 
     sm = gaussian_filter(img, 1.0)
     level = np.median(sm)
     step = float(x[1] - x[0])
-    scores = []
+    out = []
     for u, v in motif.values():
         pts = [p for (_, _, _, p) in lattice_sites(lattice, {"s": (u, v)}, x, y, margin=0.5)]
         if not pts:
-            return -np.inf
+            out.append(-np.inf)
+            continue
         pts = np.array(pts)
         coords = [(pts[:, 1] - y[0]) / step, (pts[:, 0] - x[0]) / step]
-        scores.append(float(np.mean(map_coordinates(sm, coords, order=1)) - level))
-    return min(scores)
+        out.append(float(np.mean(map_coordinates(sm, coords, order=1)) - level))
+    return np.array(out)
 
 
 def perovskite_cell(img, x, y, lattice: Lattice) -> Lattice:
@@ -495,14 +496,22 @@ def perovskite_cell(img, x, y, lattice: Lattice) -> Lattice:
 
     In a phase image the A and B columns of a perovskite can look alike, so
     the FFT's strongest lattice is then the centred one (A and B, spacing
-    a / sqrt 2) and the O spots that set the true cell are weak. Of the two
-    candidates the one whose four sublattices (A, B, O1, O2) all fall on
-    columns is kept (origin unchanged, on an A or B column).
+    a / sqrt 2) and the O spots that set the true cell are weak. The smaller
+    candidate whose four sublattices (A, B, O1, O2) all fall on columns
+    (mean contrast of each above 15 % of the strongest's) is kept; origin
+    unchanged, on an A or B column.
     """
     b1, b2 = np.asarray(lattice.a1), np.asarray(lattice.a2)
     candidates = [lattice, Lattice(b1 + b2, b2 - b1, lattice.origin)]
-    scores = [_site_score(img, x, y, c, PEROVSKITE_MOTIF) for c in candidates]
-    best = candidates[int(np.argmax(scores))]
+    best = None
+    for c in candidates:  # the smaller cell first
+        contrast = _site_contrast(img, x, y, c, PEROVSKITE_MOTIF)
+        if contrast.max() > 0 and contrast.min() > 0.15 * contrast.max():
+            best = c
+            break
+    if best is None:
+        scores = [_site_contrast(img, x, y, c, PEROVSKITE_MOTIF).min() for c in candidates]
+        best = candidates[int(np.argmax(scores))]
     a1, a2 = np.asarray(best.a1), np.asarray(best.a2)
     if abs(a2[0]) > abs(a1[0]):
         a1, a2 = a2, a1
