@@ -107,7 +107,7 @@ def _signals(img):
 
 
 def test_signal_types_give_the_same_positions():
-    img, lattice = perovskite_image(lambda i, j: (0.003, 0.002))
+    img, lattice = perovskite_image(lambda i, j: (0.003, 0.002), cells=3)
     angstrom, nm, result = _signals(img)
     ref = fit_columns(img, lattice, sampling=STEP)
     for s in (angstrom, nm):

@@ -68,6 +68,7 @@ def candidates() -> dict:
     return {
         "plain": lambda: plain_prior,
         "none": lambda: lambda field, weight: None,
+        "plain025": lambda: lambda field, weight: plain_prior(field, 0.5 * weight),
         "periodic": lambda: SpectralPrior("periodic"),
         "lowpass": lambda: SpectralPrior("lowpass", cutoff=0.05),
         "anneal10": lambda: AnnealedPrior(plain_prior, stop_iteration=10),
