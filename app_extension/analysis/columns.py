@@ -492,17 +492,28 @@ def _site_contrast(img, x, y, lattice: Lattice, motif: dict) -> np.ndarray:
 
 
 def perovskite_cell(img, x, y, lattice: Lattice) -> Lattice:
-    """The perovskite cell among the found lattice and its 45-degree supercell.
+    """The perovskite cell among the found lattice and its small supercells.
 
     In a phase image the A and B columns of a perovskite can look alike, so
     the FFT's strongest lattice is then the centred one (A and B, spacing
-    a / sqrt 2) and the O spots that set the true cell are weak. The smaller
-    candidate whose four sublattices (A, B, O1, O2) all fall on columns
+    a / sqrt 2) and the O spots that set the true cell are weak; in a
+    distorted image one spot pair may be missed. Candidates are the lattice,
+    each vector doubled, the 45-degree supercell and both doubled; the
+    smallest whose four sublattices (A, B, O1, O2) all fall on columns
     (mean contrast of each above 15 % of the strongest's) is kept; origin
     unchanged, on an A or B column.
     """
     b1, b2 = np.asarray(lattice.a1), np.asarray(lattice.a2)
-    candidates = [lattice, Lattice(b1 + b2, b2 - b1, lattice.origin)]
+    o = lattice.origin
+    # By cell area: the lattice, one vector doubled (a spot pair missed along one
+    # direction), the 45-degree supercell (A and B alike), both doubled.
+    candidates = [
+        lattice,
+        Lattice(2 * b1, b2, o),
+        Lattice(b1, 2 * b2, o),
+        Lattice(b1 + b2, b2 - b1, o),
+        Lattice(2 * b1, 2 * b2, o),
+    ]
     best = None
     for c in candidates:  # the smaller cell first
         contrast = _site_contrast(img, x, y, c, PEROVSKITE_MOTIF)
