@@ -84,8 +84,8 @@ def pattern_warnings(data) -> list[str]:
     empty = np.asarray(empty, dtype=np.int64)
     if empty.size == count:
         raise ValueError(
-            f"All {count} patterns are zero: the data hold no counts. Check that the right dataset or "
-            "signal was loaded (not a dark reference or an empty channel)."
+            f"Every pattern is all zero ({count} of {count}): the data hold no counts. Check that the right "
+            "dataset or signal was loaded (not a dark reference or an empty channel)."
         )
     if empty.size:
         messages.append(
