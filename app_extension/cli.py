@@ -17,12 +17,14 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
 from .frontend import ALL_OPTIONS
 from .solver.config import SolverConfig
 from .solver.options import OptionError, add_arguments, check, check_device
+from .solver.serialize import NotAStateError
 
 __all__ = ["main", "build_parser", "CLIError"]
 
@@ -163,6 +165,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--scan-shape", metavar=("NY", "NX"), nargs=2, type=int, help="reshape a (P, ky, kx) stack"
     )
     cal.add_argument("--signal-index", metavar="I", type=int, help="which signal of a multi-signal file")
+    cal.add_argument(
+        "--clip-negative",
+        action="store_true",
+        help="set negative counts (e.g. left by a dark-reference subtraction) to zero before reconstructing",
+    )
 
     opt = rec.add_argument_group(
         "reconstruction (units optional: bare numbers are in the unit in brackets; defaults: the solver's, "
@@ -227,6 +234,8 @@ def _output_paths(args) -> tuple[Path, Path | None]:
         raise CLIError(f"The output folder {out.parent} does not exist; create it first.")
     if args.checkpoint:
         ck = Path(args.checkpoint)
+        if not ck.resolve().parent.is_dir():
+            raise CLIError(f"--checkpoint {ck}: the folder {ck.parent} does not exist; create it first.")
         resuming_same = args.resume and Path(args.resume).resolve() == ck.resolve()
         if ck.exists() and not args.overwrite and not resuming_same:
             raise CLIError(f"Checkpoint {ck} exists; resume from it with --resume {ck}, or pass --overwrite.")
@@ -236,25 +245,28 @@ def _output_paths(args) -> tuple[Path, Path | None]:
 
 
 def _calibration(args) -> dict:
-    """The calibration flags as ``set_experimental_parameters`` arguments, checked before any loading."""
+    """The calibration flags as ``set_experimental_parameters`` arguments, checked before any loading.
+
+    The checks are those of :mod:`app_extension.signals.calibration`, so the
+    command line and ``s.set_experimental_parameters`` accept the same values.
+    """
+    from .signals import calibration as c
+    from .units import CalibrationError
+
     cal = {}
-    if args.beam_energy is not None:
-        cal["beam_energy"] = parse_energy(args.beam_energy, "--beam-energy")
-    if args.convergence_angle is not None:
-        angle = parse_angle(args.convergence_angle, "--convergence-angle")
-        if not 0 < angle < 200:
-            raise CLIError(f"--convergence-angle {args.convergence_angle!r} must be between 0 and 200 mrad.")
-        cal["convergence_angle"] = angle
-    if args.scan_step is not None:
-        step = parse_length(args.scan_step, "--scan-step")
-        if step <= 0:
-            raise CLIError(f"--scan-step {args.scan_step!r} must be positive.")
-        cal["scan_step"] = step
-    if args.detector_sampling is not None:
-        value, units = parse_detector_sampling(args.detector_sampling, "--detector-sampling")
-        if value <= 0:
-            raise CLIError(f"--detector-sampling {args.detector_sampling!r} must be positive.")
-        cal["detector_sampling"] = f"{value!r} {units}"
+    try:
+        if args.beam_energy is not None:
+            cal["beam_energy"] = c.energy_keV(args.beam_energy, "--beam-energy")
+        if args.convergence_angle is not None:
+            cal["convergence_angle"] = c.convergence_mrad(args.convergence_angle, "--convergence-angle")
+        if args.scan_step is not None:
+            cal["scan_step"] = c.scan_step_A(args.scan_step, "--scan-step")
+        if args.detector_sampling is not None:
+            parse_detector_sampling(args.detector_sampling, "--detector-sampling")  # units required here
+            value, units = c.detector_scale(args.detector_sampling, "--detector-sampling")
+            cal["detector_sampling"] = f"{value!r} {units}"
+    except CalibrationError as error:
+        raise CLIError(str(error)) from None
     return cal
 
 
@@ -286,21 +298,21 @@ def _reconstruct_kwargs(args) -> dict:
     return kwargs
 
 
-_FLAG_HINTS = (
-    ("beam energy", '--beam-energy "300 kV"'),
-    ("convergence", '--convergence-angle "22 mrad"'),
-    ("scan step", '--scan-step "0.39 Å"'),
-    ("detector sampling", '--detector-sampling "1 mrad" (or "0.0508 1/Å")'),
-)
+#: The calibration flags, by calibration item (as named in UncalibratedError.missing / CalibrationError).
+_FLAG_HINTS = {
+    "beam_energy": '--beam-energy "300 kV"',
+    "convergence_angle": '--convergence-angle "22 mrad"',
+    "scan_step": '--scan-step "0.39 Å"',
+    "detector_sampling": '--detector-sampling "1 mrad" (or "0.0508 1/Å")',
+}
 
 
-def _calibration_hint(message: str) -> str:
-    flags = [flag for key, flag in _FLAG_HINTS if key in message]
+def _calibration_hint(items, given=()) -> str:
+    """The flags that give the calibration ``items``, leaving out those already ``given``."""
+    flags = [_FLAG_HINTS[k] for k in items if k in _FLAG_HINTS and k not in given]
     if not flags:
-        return (
-            "Give the calibration with --beam-energy, --convergence-angle, --scan-step, --detector-sampling."
-        )
-    return "On the command line, give the missing calibration as flags, e.g.: " + " ".join(flags)
+        flags = [flag for key, flag in _FLAG_HINTS.items() if key not in given] or list(_FLAG_HINTS.values())
+    return "On the command line, give the calibration as flags, e.g.: " + " ".join(flags)
 
 
 def _check_device(device: str) -> None:
@@ -312,7 +324,7 @@ def _check_device(device: str) -> None:
 
 def _run_reconstruct(args) -> int:
     from .load import LoadError, load_4dstem
-    from .units import UncalibratedError
+    from .units import CalibrationError, UncalibratedError
 
     out, summary = _output_paths(args)
     calibration = _calibration(args)
@@ -321,6 +333,8 @@ def _run_reconstruct(args) -> int:
         signal = load_4dstem(args.file, scan_shape=args.scan_shape, index=args.signal_index, lazy=True)
     except LoadError as error:
         raise CLIError(str(error)) from error
+    if args.clip_negative:
+        signal.data = signal.data.clip(min=0)
     try:
         signal.set_signal_type("ptychography")
     except Exception as error:  # noqa: BLE001
@@ -350,9 +364,23 @@ def _run_reconstruct(args) -> int:
     )
     t0 = time.perf_counter()
     try:
-        result = method(**kwargs)
+        with warnings.catch_warnings():
+            # ptycho_app's advice for Python users; the command line gives its own (--resume) below.
+            warnings.filterwarnings(
+                "ignore", message="The reconstruction stopped early", category=UserWarning
+            )
+            result = method(**kwargs)
     except UncalibratedError as error:
-        raise CLIError(f"{error}\n{_calibration_hint(str(error))}") from error
+        raise CLIError(f"{error}\n{_calibration_hint(error.missing, given=calibration)}") from error
+    except CalibrationError as error:
+        flags = ", ".join(_FLAG_HINTS[k].split()[0] for k in error.parameters if k in _FLAG_HINTS)
+        raise CLIError(f"{error}\nOn the command line: check {flags or 'the calibration flags'}.") from error
+    except ValueError as error:
+        if "negative intensities" in str(error) and not args.clip_negative:
+            raise CLIError(
+                f"{error}\nOn the command line, pass --clip-negative to set them to zero."
+            ) from error
+        raise
     elapsed = time.perf_counter() - t0
     node = result.metadata.Signal.Ptychography
     result.save(out, overwrite=True)
@@ -373,12 +401,18 @@ def _run_reconstruct(args) -> int:
     if summary is not None:
         print(f"  summary: {summary}")
     if status == "interrupted":
-        print(f"{PROG}: interrupted; the result so far was written.", file=sys.stderr)
+        print(
+            f"{PROG}: interrupted after iteration {int(node.iterations)}; the result so far was written to "
+            f"{out}.\nContinue it with: {PROG} reconstruct {args.file} --resume {out} --overwrite "
+            "(with the calibration flags given now)",
+            file=sys.stderr,
+        )
         return 130
     if status == "diverged":
         print(
-            f"{PROG}: the loss became non-finite; the last good state was written. Try a smaller --batch-size "
-            "or check the calibration.",
+            f"{PROG}: the loss became non-finite; the last good state was written to {out}. Check the "
+            f"calibration, or continue with smaller steps: {PROG} reconstruct {args.file} --resume {out} "
+            "--overwrite --lr-object 0.01.",
             file=sys.stderr,
         )
         return 1
@@ -425,7 +459,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "reconstruct":
             return _run_reconstruct(args)
         return _run_demo(args)
-    except CLIError as error:
+    except (CLIError, OptionError, NotAStateError) as error:
         if args.debug:
             raise
         print(f"{PROG}: error: {error}", file=sys.stderr)

@@ -20,16 +20,20 @@ __all__ = ["LoadError", "load_4dstem", "SUPPORTED_FORMATS"]
 
 #: The formats named in error messages (all of RosettaSciIO's 4D-STEM readers work).
 SUPPORTED_FORMATS = (
-    "EMPAD (.xml + .raw), Quantum Detectors (.mib), NanoMegas blockfile (.blo), "
-    "HyperSpy (.hspy, .zspy), py4DSTEM/EMD (.h5, .emd), or a plain HDF5 file with one 4D dataset"
+    "EMPAD (.xml + .raw), Quantum Detectors (.mib), NanoMegas blockfile (.blo), DECTRIS ARINA "
+    "(_master.h5), HyperSpy (.hspy, .zspy), py4DSTEM/EMD (.h5, .emd), or a plain HDF5 file with one 4D "
+    "dataset"
 )
 
-# h5 readers to try, in order, when several RosettaSciIO readers claim a file.
-_H5_READERS = ("EMD", "HSPY", "USID", "Arina")
+_HDF5_SUFFIXES = (".h5", ".hdf5", ".hdf", ".emd")
 
 
 class LoadError(ValueError):
     """The file is missing, unreadable, or holds no 4D-STEM data."""
+
+
+class _Failure(Exception):
+    """Why one way of reading the file failed (the reason shown to the user)."""
 
 
 def load_4dstem(
@@ -43,14 +47,16 @@ def load_4dstem(
     Parameters
     ----------
     path
-        A file RosettaSciIO reads (for EMPAD, the .xml file).
+        A file RosettaSciIO reads (for EMPAD, the .xml file; for DECTRIS
+        ARINA, the _master.h5 file).
     scan_shape
         (scan_y, scan_x), to reshape a stack of patterns (positions, ky, kx),
         as some .mib files load, into a scan.
     index
         Which signal to take when the file holds several 4D signals.
     lazy
-        Load lazily (dask) instead of into memory.
+        Load lazily (dask) instead of into memory (readers that cannot,
+        such as ARINA's, load into memory).
 
     Returns
     -------
@@ -61,10 +67,9 @@ def load_4dstem(
     Raises
     ------
     LoadError
-        With the reason and what to do about it.
+        With the reason and what to do about it (one reason: the reader the
+        file's extension and content point to, not every reader's failure).
     """
-    import hyperspy.api as hs
-
     path = Path(path)
     if not path.exists():
         raise LoadError(
@@ -76,42 +81,170 @@ def load_4dstem(
         raise LoadError(
             f"{path}: for EMPAD data give the .xml file next to the .raw file, not the .raw file."
         )
-    errors = []
-    loaded = _load_py4dstem(path, lazy, errors) if _is_emd1(path) else None
-    if loaded is None:
+    if path.is_file() and path.stat().st_size == 0:
+        raise LoadError(f"{path} is empty (0 bytes); the copy or the acquisition did not finish.")
+    with _quiet_rosettasciio():
         try:
-            loaded = hs.load(path, lazy=lazy)
-        except Exception as error:  # noqa: BLE001 - any reader failure is reported below
-            errors.append(f"{type(error).__name__}: {error}")
-    if loaded is None and path.suffix.lower() in (".h5", ".hdf5", ".emd"):
-        for reader in _H5_READERS:
-            try:
-                loaded = hs.load(path, lazy=lazy, file_format=reader)
-                break
-            except Exception as error:  # noqa: BLE001
-                errors.append(f"{reader} reader: {type(error).__name__}: {error}")
-        if loaded is None:
-            loaded = _load_plain_hdf5(path, errors)
-    if loaded is None:
-        detail = "; ".join(e.splitlines()[0][:300] for e in errors)
-        raise LoadError(
-            f"Could not read {path} ({detail}). app-ptycho reads what RosettaSciIO reads: {SUPPORTED_FORMATS}."
-        )
+            loaded = _read(path, lazy)
+        except _Failure as failure:
+            raise LoadError(
+                f"Could not read {path}: {failure}. app-ptycho reads what RosettaSciIO reads: "
+                f"{SUPPORTED_FORMATS}."
+            ) from None
     signal = _pick(loaded, path, index)
     return _as_scan(signal, path, scan_shape)
 
 
-def _is_emd1(path: Path) -> bool:
-    """True for an EMD 1.0 file (what py4DSTEM 0.14 writes)."""
-    if path.suffix.lower() not in (".h5", ".hdf5", ".emd") or not path.is_file():
+class _quiet_rosettasciio:
+    """Drop HyperSpy's "please report this error to the RosettaSciIO developers" log lines.
+
+    HyperSpy logs them whenever a reader fails, also when the failure is
+    expected (a reader tried on a file of another kind) or reported here.
+    """
+
+    def __enter__(self):
+        import logging
+
+        self._logger = logging.getLogger("hyperspy.io")
+        self._logger.addFilter(self._filter)
+        return self
+
+    def __exit__(self, *exc):
+        self._logger.removeFilter(self._filter)
         return False
-    import h5py
+
+    @staticmethod
+    def _filter(record) -> bool:
+        return "report this error to the RosettaSciIO developers" not in record.getMessage()
+
+
+def _hs_load(path: Path, lazy: bool, reader: str | None = None):
+    """hyperspy.api.load with one reader; a reader that cannot load lazily loads into memory."""
+    import hyperspy.api as hs
+
+    kwargs = {} if reader is None else {"file_format": reader}
+    try:
+        return hs.load(path, lazy=lazy, **kwargs)
+    except NotImplementedError:
+        if not lazy:
+            raise
+        return hs.load(path, lazy=False, **kwargs)
+
+
+def _reason(error: Exception, reader: str | None = None) -> str:
+    text = str(error).splitlines()[0][:300] if str(error) else type(error).__name__
+    who = f"RosettaSciIO's {reader} reader" if reader else "RosettaSciIO"
+    return f"{who} failed ({type(error).__name__}: {text}); the file may be truncated or corrupt"
+
+
+def _read(path: Path, lazy: bool):
+    """The file's signal(s), with the reader its extension and content point to."""
+    suffix = path.suffix.lower()
+    if suffix in _HDF5_SUFFIXES:
+        return _read_hdf5(path, lazy)
+    if suffix == ".xml":
+        if not _is_empad_xml(path):
+            raise _Failure(
+                "it is not an EMPAD .xml file (no <raw_file> entry naming the .raw data); give the .xml "
+                "file written with the EMPAD .raw file"
+            )
+        try:
+            return _hs_load(path, lazy, "EMPAD")
+        except Exception as error:  # noqa: BLE001 - reported as the one reason
+            raise _Failure(_reason(error, "EMPAD")) from None
+    try:
+        return _hs_load(path, lazy)
+    except ValueError as error:
+        if "multiple file readers" not in str(error):
+            raise _Failure(_reason(error)) from None
+        readers = _readers_in(str(error))
+    except Exception as error:  # noqa: BLE001
+        raise _Failure(_reason(error)) from None
+    first = None
+    for reader in readers:
+        try:
+            return _hs_load(path, lazy, reader)
+        except Exception as error:  # noqa: BLE001
+            first = first or _reason(error, reader)
+    raise _Failure(first or "no RosettaSciIO reader reads it")
+
+
+def _readers_in(message: str) -> list[str]:
+    import re
+
+    found = re.search(r"\[(.*)\]", message)
+    return re.findall(r"'([^']+)'", found.group(1)) if found else []
+
+
+def _is_empad_xml(path: Path) -> bool:
+    import xml.etree.ElementTree as ET
 
     try:
-        with h5py.File(path, "r") as f:
-            return f.attrs.get("emd_group_type") == "file" and int(f.attrs.get("version_major", 0)) == 1
-    except (OSError, ValueError, TypeError):
+        root = ET.parse(path).getroot()
+    except (ET.ParseError, OSError):
         return False
+    return root.find("raw_file") is not None
+
+
+def _h5_kind(path: Path) -> str:
+    """What an HDF5 file holds: "emd1" (py4DSTEM), "hspy", "arina", "emd" or "plain"."""
+    import h5py
+
+    with h5py.File(path, "r") as f:
+        attrs = f.attrs
+        if attrs.get("emd_group_type") == "file" and int(attrs.get("version_major", 0)) == 1:
+            return "emd1"
+        if _text(attrs.get("file_format", "")).lower() == "hyperspy":
+            return "hspy"
+        data = f.get("entry/data")
+        if (
+            isinstance(data, h5py.Group)
+            and len(data)
+            and all(isinstance(v, h5py.Dataset) and v.ndim == 3 for v in data.values())
+        ):
+            return "arina"
+        if "version_major" in attrs or "Version" in f or "Data" in f:
+            return "emd"
+    return "plain"
+
+
+def _text(value) -> str:
+    return value.decode(errors="replace") if isinstance(value, bytes) else str(value)
+
+
+def _read_hdf5(path: Path, lazy: bool):
+    import h5py
+
+    if not h5py.is_hdf5(path):
+        raise _Failure(
+            "it is not an HDF5 file (its first bytes are not an HDF5 signature): the file is truncated or "
+            "corrupt, or its extension is wrong"
+        )
+    try:
+        kind = _h5_kind(path)
+    except OSError as error:
+        raise _Failure(f"h5py cannot open it ({error}); the file may be truncated or corrupt") from None
+    if kind == "emd1":
+        errors: list[str] = []
+        loaded = _load_py4dstem(path, lazy, errors)
+        if loaded is not None:
+            return loaded
+        try:
+            return _hs_load(path, lazy, "EMD")
+        except Exception as error:  # noqa: BLE001
+            raise _Failure(errors[0] if errors else _reason(error, "EMD")) from None
+    if kind == "plain":
+        return _load_plain_hdf5(path)
+    reader = {"hspy": "HSPY", "arina": "Arina", "emd": "EMD"}[kind]
+    try:
+        return _hs_load(path, lazy, reader)
+    except Exception as error:  # noqa: BLE001
+        if kind == "emd":  # not an EMD variant RosettaSciIO knows: perhaps plain data with a Data group
+            try:
+                return _load_plain_hdf5(path)
+            except _Failure:
+                pass
+        raise _Failure(_reason(error, reader)) from None
 
 
 def _load_py4dstem(path: Path, lazy: bool, errors: list):
@@ -145,8 +278,8 @@ def _load_py4dstem(path: Path, lazy: bool, errors: list):
     return signal
 
 
-def _load_plain_hdf5(path: Path, errors: list):
-    """A plain HDF5 file with exactly one 4D dataset (and calibration attributes, if any)."""
+def _load_plain_hdf5(path: Path):
+    """A plain HDF5 file with one 4D dataset (or one 3D or higher one, for the messages that follow)."""
     import h5py
     import hyperspy.api as hs
 
@@ -155,14 +288,22 @@ def _load_plain_hdf5(path: Path, errors: list):
             found = []
             f.visititems(lambda name, obj: found.append(name) if isinstance(obj, h5py.Dataset) else None)
             four = [n for n in found if f[n].ndim == 4]
-            if len(four) != 1:
-                errors.append(f"plain HDF5: {len(four)} 4D datasets found ({four[:5]})")
-                return None
-            data = f[four[0]][()]
+            more = [n for n in found if f[n].ndim >= 3]
+            if len(four) == 1:
+                name = four[0]
+            elif not four and len(more) == 1:
+                name = more[0]  # a stack (3D) or 5D+: _as_scan says what to do
+            else:
+                shapes = ", ".join(f"{n} {f[n].shape}" for n in found[:8]) or "no datasets"
+                what = f"{len(four)} 4D datasets"
+                raise _Failure(
+                    f"it is a plain HDF5 file with {what} ({shapes}); app-ptycho needs exactly one "
+                    "(scan_y, scan_x, ky, kx) dataset: save the one to use on its own"
+                )
+            data = f[name][()]
             attrs = {k: _plain(v) for k, v in f.attrs.items()}
     except OSError as error:
-        errors.append(f"h5py: {error}")
-        return None
+        raise _Failure(f"h5py cannot read it ({error}); the file may be truncated or corrupt") from None
     signal = hs.signals.Signal2D(data)
     signal.metadata.General.title = path.stem
     signal.metadata.General.original_filename = path.name
@@ -203,7 +344,14 @@ def _dims(signal) -> int:
 
 
 def _pick(loaded, path: Path, index: int | None):
+    if isinstance(loaded, list) and len(loaded) == 1:
+        loaded = loaded[0]
     if not isinstance(loaded, list):
+        if index not in (None, 0):
+            raise LoadError(
+                f"{path} holds one signal, so --signal-index {index} is out of range (only 0); leave "
+                "--signal-index out."
+            )
         return loaded
     candidates = [s for s in loaded if _dims(s) in (3, 4)]
     if index is not None:
@@ -251,8 +399,19 @@ def _as_scan(signal, path: Path, scan_shape: tuple[int, int] | None):
             new.scale, new.offset, new.units, new.name = old.scale, old.offset, old.units, old.name
         signal = calibrated
     elif len(shape) != 4:
+        extra = ""
+        if len(shape) > 4:
+            ones = [i for i, n in enumerate(shape) if n == 1]
+            extra = (
+                f" Its axes {ones} have length 1: remove them (numpy.squeeze) and save the 4D array."
+                if len(shape) - len(ones) == 4
+                else " Select one 4D part of it (e.g. data[0] in Python) and save that."
+            )
+        else:
+            extra = " A single image or spectrum cannot be reconstructed; give the 4D-STEM scan."
         raise LoadError(
-            f"{path} holds a {len(shape)}D array {shape}; ptychography needs 4D-STEM data (scan_y, scan_x, ky, kx)."
+            f"{path} holds a {len(shape)}D array {shape}; ptychography needs 4D-STEM data "
+            f"(scan_y, scan_x, ky, kx).{extra}"
         )
     elif scan_shape is not None and tuple(int(v) for v in scan_shape) != shape[:2]:
         raise LoadError(f"--scan-shape {tuple(scan_shape)} does not match the file's scan {shape[:2]}.")

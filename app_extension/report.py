@@ -117,7 +117,7 @@ def summary_figure(result, truth: dict | None = None):
     ax.set_xlabel("iteration")
     ax.set_ylabel("tilt (mrad)")
     ax.set_title("propagator tilt")
-    ax.legend(fontsize=8)
+    _legend(ax)
 
     ax = axes[1, 1]
     if "slice_thickness" in history and history["slice_thickness"].size:
@@ -133,11 +133,36 @@ def summary_figure(result, truth: dict | None = None):
                 " ",
                 label=f"{int(node.num_slices)} slices, total {dz[-1] * int(node.num_slices) / 10:.2f} nm",
             )
-        ax.legend(fontsize=8)
+        _legend(ax)
     ax.set_xlabel("iteration")
     ax.set_ylabel("dz (Å)")
     ax.set_title("slice thickness")
+    _status_title(fig, node, method)
     return fig
+
+
+#: Explanations of the statuses that mean the run did not finish.
+_STATUS_TEXT = {
+    "interrupted": "INTERRUPTED (Ctrl-C): not converged, the state reached so far; continue it with --resume",
+    "diverged": "DIVERGED: the loss became non-finite; the last good state is shown",
+}
+
+
+def _status_title(fig, node, method: str) -> None:
+    """The figure title: the method and iterations, with a red status line for an unfinished run."""
+    status = str(node.get_item("status", "ok")) if node is not None else "ok"
+    iterations = int(node.iterations) if node is not None and node.has_item("iterations") else None
+    done = f", {iterations} iterations" if iterations is not None else ""
+    if status == "ok":
+        fig.suptitle(f"{method}{done}")
+        return
+    text = _STATUS_TEXT.get(status, f"status {status!r}: the run did not finish")
+    fig.suptitle(f"{method}{done}\n{text}", color="red", fontweight="bold")
+
+
+def _legend(ax) -> None:
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=8)
 
 
 def save_summary(result, path: str | os.PathLike, truth: dict | None = None, dpi: int = 100) -> None:

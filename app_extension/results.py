@@ -393,7 +393,16 @@ def load_resume(source) -> tuple[ReconstructionState, SolverConfig | None, dict 
             return state, (config_from_dict(config) if config else None), extra.get("geometry")
         import hyperspy.api as hs
 
-        source = hs.load(path)
+        from .solver.serialize import NotAStateError
+
+        try:
+            source = hs.load(path)
+        except Exception as error:  # noqa: BLE001 - any reader failure means "not a result file"
+            raise NotAStateError(
+                f"resume={str(source)!r} cannot be read as a saved result ({type(error).__name__}: "
+                f"{str(error)[:200]}). Give a .hspy/.zspy file written by ptycho_app or app-ptycho, or a "
+                "checkpoint file written with checkpoint=."
+            ) from None
     if isinstance(source, BaseSignal):
         node = _result_node(source)
         if node.has_item("State"):

@@ -21,6 +21,7 @@ import pint
 __all__ = [
     "ureg",
     "UncalibratedError",
+    "CalibrationError",
     "to_magnitude",
     "parse_units",
     "is_uncalibrated",
@@ -40,7 +41,28 @@ _ANGSTROM_A = re.compile(r"(?<![A-Za-z_])A(?![A-Za-z_])")
 
 
 class UncalibratedError(ValueError):
-    """An axis or a metadata item the reconstruction needs is missing or uncalibrated."""
+    """An axis or a metadata item the reconstruction needs is missing or uncalibrated.
+
+    ``missing`` names the calibration items (``"beam_energy"``,
+    ``"convergence_angle"``, ``"scan_step"``, ``"detector_sampling"``) that are
+    missing, so a front end can say how to give them its own way.
+    """
+
+    def __init__(self, message: str, missing: tuple[str, ...] = ()):
+        super().__init__(message)
+        self.missing = tuple(missing)
+
+
+class CalibrationError(ValueError):
+    """A calibration value is unreadable, of the wrong sign or implausible.
+
+    ``parameters`` names the calibration items involved (as in
+    :class:`UncalibratedError`); the message names them and the fix.
+    """
+
+    def __init__(self, message: str, parameters: tuple[str, ...] = ()):
+        super().__init__(message)
+        self.parameters = tuple(parameters)
 
 
 def parse_units(units) -> pint.Unit | None:

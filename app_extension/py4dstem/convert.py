@@ -113,6 +113,13 @@ def read_datacube_calibration(
     if r_units not in ("A", "nm"):
         raise ValueError(f"R_pixel_units must be 'A' or 'nm', got {r_units!r}.")
     scan_step = float(r_size) * (10.0 if r_units == "nm" else 1.0)
+    if not (np.isfinite(scan_step) and scan_step > 0):
+        source = "force_scan_sampling" if force_scan_sampling is not None else "the R pixel size"
+        raise ValueError(
+            f"{source} = {r_size!r} {r_units}: the scan step must be a positive number. Set it with "
+            "datacube.calibration.set_R_pixel_size(0.39) (and set_R_pixel_units('A')), or "
+            "preprocess(force_scan_sampling=0.39) (Å)."
+        )
 
     if energy is None:
         energy = _metadata_value(datacube, "beam_energy_eV")
@@ -129,6 +136,19 @@ def read_datacube_calibration(
             f"The DataCube's detector calibration is missing (Q_pixel_units={q_units!r}). "
             "Set the detector sampling, e.g. datacube.calibration.set_Q_pixel_size(0.05) with "
             "set_Q_pixel_units('A^-1'), or set_Q_pixel_size(1.0) with set_Q_pixel_units('mrad')."
+        )
+    if not (np.isfinite(float(q_size)) and float(q_size) > 0):
+        source = (
+            "force_angular_sampling"
+            if force_angular_sampling is not None
+            else "force_reciprocal_sampling"
+            if force_reciprocal_sampling is not None
+            else "the Q pixel size"
+        )
+        sign = " (negative: give the size without the sign)" if float(q_size) < 0 else ""
+        raise ValueError(
+            f"{source} = {q_size!r} {q_units}: a detector pixel size must be positive{sign}. Set it with "
+            "datacube.calibration.set_Q_pixel_size(...), or preprocess(force_angular_sampling=...) (mrad)."
         )
     wavelength = electron_wavelength(energy) if energy else None
     if q_units == "A^-1":

@@ -39,6 +39,7 @@ from dataclasses import replace
 import numpy as np
 from emdfile import Custom, Metadata, _read_metadata
 
+from ..signals.calibration import ENERGY_RANGE_KEV, check_bright_field_disk, convergence_mrad, energy_keV
 from ..solver.config import Geometry, SolverConfig
 from ..solver.data import check_intensities
 from ..solver.engine import reconstruct as _solve
@@ -70,21 +71,49 @@ _KNOWN = (
 ).split()
 
 
+#: Names a user may reach for, from the HyperSpy signal or the solver, and this class's own.
+_OWN_NAMES = {
+    "beam_energy": "energy (in eV)",
+    "convergence_angle": "semiangle_cutoff (in mrad)",
+    "semiangle": "semiangle_cutoff (in mrad)",
+    "slice_thickness": "slice_thicknesses",
+    "tilt": "theta_x and theta_y (mrad, py4DSTEM's convention)",
+    "probe_modes": "num_probes",
+    "padded_size": "padded_diffraction_intensities_shape",
+    "scan_step": "the DataCube's R pixel size (or preprocess(force_scan_sampling=...))",
+    "detector_sampling": "the DataCube's Q pixel size (or preprocess(force_angular_sampling=...))",
+}
+
+
+def _polar_value(key: str, value) -> float:
+    """An aberration coefficient in Å or an angle in rad (numbers, or strings with units)."""
+    unit = "rad" if key.startswith("phi") else "Å"
+    try:
+        return to_magnitude(value, unit, key)
+    except (TypeError, ValueError) as error:
+        raise OptionError(f"{error} (py4DSTEM polar parameter {key!r}, in {unit})") from None
+
+
 def _polar_parameters(polar_parameters: Mapping | None, kwargs: Mapping) -> dict:
     """py4DSTEM polar parameters (aliases resolved, ``defocus`` -> ``-C10``), checked."""
     params = {}
     for source in (polar_parameters or {}, kwargs):
         for key, value in source.items():
             if key == "defocus":
-                params["C10"] = -float(value)
+                params["C10"] = -_polar_value("defocus", value)
                 continue
+            if key in _OWN_NAMES:
+                raise UnknownOptionError(
+                    f"{key!r} is not an argument of AdaptivePropagatorPtychography; give {_OWN_NAMES[key]}."
+                )
             name = _ALIASES.get(key, key)
             if name not in _KNOWN:
-                raise ValueError(
+                raise UnknownOptionError(
                     f"{key!r} is not a recognised argument or aberration; aberrations are py4DSTEM polar "
-                    f"names {_KNOWN} or aliases {sorted(_ALIASES)}."
+                    f"names {_KNOWN} or aliases {sorted(_ALIASES)}, and solver options are "
+                    f"{sorted(SolverConfig.options())}."
                 )
-            params[name] = float(value)
+            params[name] = _polar_value(key, value)
     unsupported = [k for k, v in params.items() if k.startswith("C") and k not in _SUPPORTED and v != 0]
     if unsupported:
         raise ValueError(
@@ -138,16 +167,50 @@ def _energy_eV(energy) -> float:
     if energy is None:
         raise OptionError("energy must be the beam energy in eV (e.g. 300e3).")
     if isinstance(energy, str):
-        from ..signals.calibration import _energy_keV
-
         try:
-            return _energy_keV(energy, "energy") * 1e3
-        except (TypeError, ValueError) as error:
-            raise OptionError(f"energy={energy!r}: {error}; give it in eV, e.g. 300e3.") from None
-    value = _positive(energy, "eV", "energy", 1e7)
+            energy = float(energy)  # a bare number, in eV
+        except ValueError:
+            pass
+    if isinstance(energy, str):
+        return energy_keV(energy, "energy", number_unit="eV", example="300e3 (eV)") * 1e3
+    value = _positive(energy, "eV", "energy", 1e12)
     if value < 1000:
         raise OptionError(f"energy={energy} looks like keV; give it in eV (e.g. {value * 1e3:g}).")
+    low, high = (1e3 * v for v in ENERGY_RANGE_KEV)
+    if value > high:
+        raise OptionError(
+            f"energy={energy:g} eV is beyond the beam energies of electron microscopes ({low:g} to {high:g} "
+            "eV); give the beam energy in eV, e.g. energy=300e3, or as a string, e.g. '300 kV'."
+        )
     return value
+
+
+def _check_datacube(datacube) -> None:
+    """A DataCube (anything with 4D ``data`` and a ``calibration``) of square patterns, or a clear error."""
+    data = getattr(datacube, "data", datacube)
+    shape = tuple(np.shape(data)) if data is not None else ()
+    hint = (
+        f" For a stack of {shape[0]} patterns from a raster scan, reshape it first: "
+        f"data.reshape(Rx, Ry, {shape[1]}, {shape[2]}) with Rx * Ry = {shape[0]}."
+        if len(shape) == 3
+        else ""
+    )
+    if not hasattr(datacube, "calibration") or not hasattr(datacube, "data"):
+        raise TypeError(
+            f"datacube must be a py4DSTEM DataCube, got {type(datacube).__name__} {shape}. Wrap an array of "
+            "shape (Rx, Ry, Qx, Qy) with py4DSTEM.DataCube(data=array) and set its calibration "
+            f"(datacube.calibration.set_R_pixel_size(...), set_Q_pixel_size(...)).{hint}"
+        )
+    if len(shape) != 4:
+        raise ValueError(
+            f"datacube holds {len(shape)}D data {shape}; the reconstruction needs 4D-STEM data "
+            f"(Rx, Ry, Qx, Qy).{hint}"
+        )
+    if shape[2] != shape[3]:
+        raise ValueError(
+            f"The diffraction patterns must be square, got {shape[2]} x {shape[3]} pixels (Qx x Qy); crop "
+            "them around the optic axis first (py4DSTEM: datacube.crop_Q)."
+        )
 
 
 #: Name of the HDF5 subgroup that holds the solver state (app_extension.solver.serialize).
@@ -238,6 +301,8 @@ class AdaptivePropagatorPtychography(Custom):
         **kwargs,
     ):
         Custom.__init__(self, name=name)
+        if datacube is not None:
+            _check_datacube(datacube)
         self._energy = _energy_eV(energy)
         self._num_slices = _checked("num_slices", num_slices)
         if isinstance(slice_thicknesses, str) or np.ndim(slice_thicknesses) == 0:
@@ -259,7 +324,7 @@ class AdaptivePropagatorPtychography(Custom):
                 )
         self._initial_slice_thickness = float(dz[0])
         self._semiangle_cutoff = (
-            None if semiangle_cutoff is None else _positive(semiangle_cutoff, "mrad", "semiangle_cutoff", 300)
+            None if semiangle_cutoff is None else convergence_mrad(semiangle_cutoff, "semiangle_cutoff")
         )
         theta_x = _checked_angle(theta_x, "theta_x")
         theta_y = _checked_angle(theta_y, "theta_y")
@@ -267,13 +332,26 @@ class AdaptivePropagatorPtychography(Custom):
         solver_options = {k: kwargs.pop(k) for k in list(kwargs) if k in SolverConfig.options()}
         clash = reserved & set(solver_options)
         if clash:
-            raise OptionError(f"Give {sorted(clash)} through the constructor's own arguments.")
+            own = {"mode": "mode", "num_slices": "num_slices", "tilt_map": "tilt_map", **_OWN_NAMES}
+            raise OptionError(
+                "Give these through the constructor's own arguments: "
+                + "; ".join(f"{k} as {own[k]}" for k in sorted(clash))
+                + "."
+            )
         self._polar_parameters = _polar_parameters(polar_parameters, kwargs)
-        if isinstance(padded_diffraction_intensities_shape, Sequence):
-            shape = tuple(int(n) for n in padded_diffraction_intensities_shape)
+        if isinstance(padded_diffraction_intensities_shape, Sequence) and not isinstance(
+            padded_diffraction_intensities_shape, str
+        ):
+            shape = tuple(padded_diffraction_intensities_shape)
             if len(shape) != 2 or shape[0] != shape[1]:
-                raise ValueError(f"padded_diffraction_intensities_shape must be square, got {shape}.")
+                raise OptionError(
+                    f"padded_diffraction_intensities_shape must be square, e.g. (128, 128), got {shape}."
+                )
             padded_diffraction_intensities_shape = shape[0]
+        if padded_diffraction_intensities_shape is not None:
+            padded_diffraction_intensities_shape = _checked(
+                "padded_size", padded_diffraction_intensities_shape, "padded_diffraction_intensities_shape"
+            )
         self._device = check_device(device)
         self._verbose = bool(verbose)
         self._config = SolverConfig(
@@ -312,15 +390,15 @@ class AdaptivePropagatorPtychography(Custom):
     # ------------------------------------------------------------------ preprocess
     def attach_datacube(self, datacube) -> AdaptivePropagatorPtychography:
         """Attach the data (e.g. to a reconstruction read from file, to continue it)."""
+        _check_datacube(datacube)
         self._datacube = datacube
         if self._geometry is not None:
             self._intensities = self._read_intensities(datacube)
         return self
 
     def _read_intensities(self, datacube) -> np.ndarray:
+        _check_datacube(datacube)
         data = np.asarray(datacube.data)
-        if data.ndim != 4:
-            raise ValueError(f"Expected a 4D DataCube (Rx, Ry, Qx, Qy), got shape {data.shape}.")
         if self._scan_shape is not None and tuple(data.shape[:2]) != tuple(self._scan_shape):
             raise ValueError(
                 f"The DataCube's scan {data.shape[:2]} differs from the reconstruction's {self._scan_shape}."
@@ -368,6 +446,7 @@ class AdaptivePropagatorPtychography(Custom):
             raise ValueError(
                 "No DataCube: pass datacube= to the constructor or call attach_datacube(datacube) first."
             )
+        _check_datacube(self._datacube)
         cal = read_datacube_calibration(
             self._datacube,
             energy=self._energy,
@@ -381,12 +460,25 @@ class AdaptivePropagatorPtychography(Custom):
                 "The convergence semi-angle is unknown: pass semiangle_cutoff= (mrad) or set "
                 "datacube.calibration.set_convergence_semiangle_mrad(...)."
             )
-        self._semiangle_cutoff = float(semiangle)
+        self._semiangle_cutoff = convergence_mrad(semiangle, "semiangle_cutoff")
         rotation = cal["rotation_deg"] if force_scan_rotation is None else float(force_scan_rotation)
         self._flip = cal["flip"] if force_transpose is None else bool(force_transpose)
         data_shape = np.shape(self._datacube.data)
         self._scan_shape = tuple(int(n) for n in data_shape[:2])
         self._check_origin(data_shape)
+        check_bright_field_disk(
+            self._semiangle_cutoff,
+            cal["angular_sampling"],
+            int(data_shape[-1]),
+            "semiangle_cutoff= and the DataCube's Q pixel size, or preprocess(force_angular_sampling=...)",
+            ("semiangle_cutoff", "Q_pixel_size"),
+        )
+        padded = self._config.padded_size
+        if padded is not None and padded < max(data_shape[-2:]):
+            raise OptionError(
+                f"padded_diffraction_intensities_shape={padded} is smaller than the patterns "
+                f"({data_shape[-2]} x {data_shape[-1]}); give at least {max(data_shape[-2:])}, or None."
+            )
         if initial_scan_positions is None:
             positions = Geometry.raster(self._scan_shape, cal["scan_step"], rotation)
         else:
@@ -789,9 +881,25 @@ class AdaptivePropagatorPtychography(Custom):
         datacube
             Optionally the same DataCube, attached so ``reconstruct`` can continue.
         """
+        import os
+
+        import h5py
         import py4DSTEM
 
-        obj = py4DSTEM.read(path)
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"{path}: no such file.")
+        if not h5py.is_hdf5(path):
+            raise NotAStateError(
+                f"{path} is not a saved {cls.__name__} (not an HDF5 file). Give a file written with "
+                "save() or py4DSTEM.save()."
+            )
+        try:
+            obj = py4DSTEM.read(path)
+        except Exception as error:  # noqa: BLE001 - py4DSTEM raises bare Exceptions for foreign files
+            raise NotAStateError(
+                f"{path} is not a saved {cls.__name__}: py4DSTEM cannot read it ({error}). Give a file "
+                "written with save() or py4DSTEM.save()."
+            ) from None
         if not isinstance(obj, cls):
             raise ValueError(f"{path} holds a {type(obj).__name__}, not an {cls.__name__}.")
         if datacube is not None:

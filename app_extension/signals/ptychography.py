@@ -23,7 +23,13 @@ from hyperspy.docstrings.signal import SHOW_PROGRESSBAR_ARG
 
 from ..frontend import options_doc, options_signature
 from ..units import angstrom_in
-from .calibration import geometry_from_signal, raster_rotation, set_experimental_parameters
+from .calibration import (
+    check_disk_on_detector,
+    geometry_from_signal,
+    raster_rotation,
+    refuse_calibration_options,
+    set_experimental_parameters,
+)
 
 __all__ = ["AppPtychography2D", "LazyAppPtychography2D"]
 
@@ -134,6 +140,7 @@ class AppPtychography2D(Signal2D):
         from ..solver.engine import reconstruct
 
         # Everything is checked before the data are touched.
+        refuse_calibration_options(options)
         resolved = resolve_options(options, resume)
         config, experiment, state = resolved.config, resolved.experiment, resolved.state
         previous_positions = resolved.base_geometry.get("scan_positions")
@@ -143,6 +150,7 @@ class AppPtychography2D(Signal2D):
             scan_rotation=experiment.scan_rotation or 0.0,
             aberrations=experiment.aberrations or {},
         )
+        check_disk_on_detector(geometry, self.axes_manager.signal_shape[0])
         rotation = experiment.scan_rotation or 0.0
         if experiment.scan_rotation is None and previous_positions is not None:
             previous = np.asarray(previous_positions, dtype=np.float64)

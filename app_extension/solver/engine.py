@@ -37,6 +37,7 @@ from .alignment import post_align
 from .allocator import tune_cpu_allocator
 from .config import Geometry, SolverConfig
 from .data import MeasuredData, Patterns
+from .data_checks import warn_about_patterns
 from .distributed import from_environment
 from .memory import preflight
 from .state import ReconstructionState
@@ -167,6 +168,9 @@ def reconstruct(
     if device.type == "cpu":
         tune_cpu_allocator()
         torch.manual_seed(config.seed)
+    if isinstance(intensities, np.ndarray):
+        # empty and saturated patterns (in blocks; lazy data are checked chunk-wise by MeasuredData)
+        warn_about_patterns(intensities)
     patterns = Patterns(intensities, geometry.scan_positions.shape[0])
     ranks = 1 if comm is None else comm.world_size
     estimate = preflight(patterns, geometry, config, device, stream=stream, world_size=ranks)
