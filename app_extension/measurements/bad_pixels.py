@@ -4,12 +4,12 @@ A pixel is compared with its eight neighbours, not with a global level: the
 mean pattern spans four decades between the bright-field disk and the far dark
 field, so only a local comparison is fair everywhere. The test is:
 
-* **hot**: the pixel's summed counts exceed its second-largest neighbour (so a
-  monotonic disk edge never qualifies, but a pair of hot pixels still does),
-  exceed ``ratio`` times the neighbours' median, and are improbably high for a
-  Poisson variable with the neighbours' median as mean;
-* **dead**: the mirror image (below the second-smallest neighbour, below
-  median / ``ratio``, improbably low);
+* **hot**: the pixel's summed counts exceed ``ratio`` times its second-largest
+  neighbour (so a pixel on a steep edge, like the bright-field disk's, never
+  qualifies, while a pair of hot pixels still does), and are improbably high
+  for a Poisson variable with the neighbours' median as mean;
+* **dead**: the mirror image (below the second-smallest neighbour divided by
+  ``ratio``, improbably low);
 * **noisy**: the variance over the scan is ``variance_ratio`` times the
   neighbours' median variance and above the second-largest neighbour's.
 
@@ -33,10 +33,32 @@ _OFFSETS = [(-1, -1), (-1, 0), (-1, 1), (0, -1), (0, 1), (1, -1), (1, 0), (1, 1)
 
 
 def neighbour_stack(image: np.ndarray) -> np.ndarray:
-    """The 8 neighbours of every pixel, shape (8, N, M), edges reflected."""
+    """Eight neighbours of every pixel, shape (8, N, M).
+
+    Inside the detector these are the 3 x 3 neighbours. A pixel on the
+    detector's border is compared with its border neighbours instead (two on
+    each side along the edge, each counted twice): the outermost row often
+    differs systematically from the next one, so reflected inner neighbours
+    would flag whole border rows.
+    """
     padded = np.pad(image, 1, mode="reflect")
     n, m = image.shape
-    return np.stack([padded[1 + dy : 1 + dy + n, 1 + dx : 1 + dx + m] for dy, dx in _OFFSETS])
+    stack = np.stack([padded[1 + dy : 1 + dy + n, 1 + dx : 1 + dx + m] for dy, dx in _OFFSETS])
+    if n < 5 or m < 5:
+        return stack
+    line = np.pad(image, 2, mode="reflect")
+    rows = [line[2, 2 + d : 2 + d + m] for d in (-2, -1, 1, 2)]  # along the first row
+    stack[:, 0, :] = np.stack(rows * 2)
+    rows = [line[2 + n - 1, 2 + d : 2 + d + m] for d in (-2, -1, 1, 2)]
+    stack[:, -1, :] = np.stack(rows * 2)
+    cols = [line[2 + d : 2 + d + n, 2] for d in (-2, -1, 1, 2)]
+    stack[:, :, 0] = np.stack(cols * 2)
+    cols = [line[2 + d : 2 + d + n, 2 + m - 1] for d in (-2, -1, 1, 2)]
+    stack[:, :, -1] = np.stack(cols * 2)
+    for r, c, dr, dc in ((0, 0, 1, 1), (0, m - 1, 1, -1), (n - 1, 0, -1, 1), (n - 1, m - 1, -1, -1)):
+        corner = [image[r, c + dc], image[r, c + 2 * dc], image[r + dr, c], image[r + 2 * dr, c]]
+        stack[:, r, c] = corner * 2
+    return stack
 
 
 def _noise_model(value: np.ndarray, reference: np.ndarray, bins: int = 24) -> tuple[float, float]:
@@ -90,8 +112,8 @@ def find_bad_pixels(
         Per-pixel false-alarm probability of the Poisson tests (1e-5 gives
         about 0.2 false alarms on a 128 x 128 detector).
     ratio
-        A hot pixel must exceed ``ratio`` times, a dead one fall below 1 /
-        ``ratio`` times, its neighbours' median.
+        A hot pixel must exceed ``ratio`` times its second-largest neighbour, a
+        dead one fall below 1 / ``ratio`` times its second-smallest one.
     variance_ratio
         Factor above the neighbours' median variance for a "noisy" pixel.
 
@@ -118,8 +140,8 @@ def find_bad_pixels(
         p_high = np.where(s_eff > 0, special.gammainc(np.maximum(s_eff, 1e-300), m_eff), 1.0)
         p_low = special.gammaincc(s_eff + 1.0, m_eff)
     testable = med > 0
-    hot = testable & (s > neigh[6]) & (s > ratio * med) & (p_high < p_value)
-    dead = testable & (s < neigh[1]) & (s * ratio < med) & (p_low < p_value)
+    hot = testable & (s > ratio * neigh[6]) & (p_high < p_value)
+    dead = testable & (s * ratio < neigh[1]) & (p_low < p_value)
     kinds[hot] = "hot"
     kinds[dead] = "dead"
     if pixel_variance is not None:

@@ -36,7 +36,8 @@ def mean_disk(mean_pattern: np.ndarray) -> tuple[np.ndarray, float, float, float
         Centre (row, col) px, radius px (from the area), and the disk's and
         the surroundings' median levels.
     """
-    img = ndimage.gaussian_filter(np.asarray(mean_pattern, dtype=np.float64), 1.0)
+    # the 3 x 3 median removes isolated hot pixels even when bad pixels were not masked
+    img = ndimage.gaussian_filter(ndimage.median_filter(np.asarray(mean_pattern, dtype=np.float64), 3), 1.0)
     if not np.isfinite(img).all() or img.max() <= 0:
         raise ValueError("The mean diffraction pattern is empty or not finite; no bright-field disk to find.")
     threshold = 0.5 * img.max()
