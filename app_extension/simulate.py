@@ -103,6 +103,8 @@ def simulate_tilted_crystal(
     dose: float | None = None,
     seed: int = 0,
     batch_size: int = 64,
+    scan_rotation: float = 0.0,
+    aberrations: dict | None = None,
 ) -> SimulatedDataset:
     """Simulate 4D-STEM patterns of SrTiO3 [001] with a specimen mistilt.
 
@@ -127,6 +129,13 @@ def simulate_tilted_crystal(
         Random seed for the noise.
     batch_size
         Positions simulated at once (memory only).
+    scan_rotation
+        Scan rotation in degrees (:meth:`Geometry.raster`): the fast scan axis
+        points along (cos, sin) in the specimen's (x, y) frame, which is the
+        detector's frame. ``geometry.scan_positions`` are then rotated too.
+    aberrations
+        Further probe aberrations, polar coefficients in Å and angles in rad
+        in the detector frame (``{"C12": 20.0, "phi12": 0.3}``).
 
     Returns
     -------
@@ -136,7 +145,7 @@ def simulate_tilted_crystal(
     fine = 2 * pattern_size  # simulate on a 2x finer real-space grid
     sampling = 1.0 / (fine * reciprocal_sampling)
     window = fine * sampling
-    positions = Geometry.raster(scan_shape, scan_step) + a / 4
+    positions = Geometry.raster(scan_shape, scan_step, scan_rotation) + a / 4
     thickness = unit_cells_z * a
     tan = np.tan(np.asarray(tilt, dtype=np.float64) * 1e-3)  # (x, y)
     # Field of view: the scan, the window around it, and room for the shear.
@@ -161,7 +170,7 @@ def simulate_tilted_crystal(
     trans = torch.polar(torch.ones_like(phase), phase)
 
     wavelength = electron_wavelength(energy)
-    probe = make_probe((fine, fine), sampling, energy, semiangle, defocus, intensity=1.0)[None]
+    probe = make_probe((fine, fine), sampling, energy, semiangle, defocus, aberrations, intensity=1.0)[None]
     ky, kx = fourier_grid((fine, fine), sampling)
     prop = propagator(ky, kx, wavelength, a / 2)
     corners = (positions - np.array([gy[0], gx[0]]) - window / 2) / sampling
@@ -193,8 +202,9 @@ def simulate_tilted_crystal(
         for fx, fy in sites_frac:
             pts.append(np.stack([(cy + fy).ravel() * a, (cx + fx).ravel() * a], axis=1))
         pts = np.concatenate(pts) - origin
+        lo = positions.min(axis=0) - origin
         extent = positions.max(axis=0) - origin
-        keep = np.all((pts >= -1e-9) & (pts <= extent + 1e-9), axis=1)
+        keep = np.all((pts >= lo - 1e-9) & (pts <= extent + 1e-9), axis=1)
         columns[name] = pts[keep]
     geometry = Geometry(
         energy=energy,
@@ -202,6 +212,7 @@ def simulate_tilted_crystal(
         reciprocal_sampling=reciprocal_sampling,
         scan_positions=positions - origin,
         defocus=defocus,
+        aberrations=dict(aberrations or {}),
     )
     return SimulatedDataset(
         data=data,

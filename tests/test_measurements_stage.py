@@ -1,0 +1,126 @@
+"""The data-preparation stage: prepare() end to end on corrupted forward-model data."""
+
+import json
+
+import numpy as np
+import pytest
+from measurements_data import (
+    AXIS,
+    DEAD,
+    DEFOCUS,
+    HOT,
+    ROTATION,
+    SCAN,
+    THICKNESS,
+    recorded_calibration,
+    recorded_data,
+)
+
+from app_extension.measurements import CalibrationReport, PrepareOptions, prepare
+from app_extension.measurements.centre import mean_disk
+
+
+@pytest.fixture(scope="module")
+def prepared_transposed():
+    return prepare(recorded_data(transpose=True), recorded_calibration(), thickness=THICKNESS)
+
+
+def test_prepare_measures_everything(prepared_transposed):
+    r = prepared_transposed.report
+    assert np.hypot(*(np.array(r.centre_px) - AXIS)) < 0.15
+    assert r.transposed is True and r.transposed_source == "parallax"
+    assert abs(r.rotation_deg - ROTATION) < 1.0
+    assert r.defocus_A == pytest.approx(DEFOCUS, rel=0.12)
+    assert r.semiangle_mrad == pytest.approx(22.0, rel=0.02) and r.semiangle_warning == ""
+    found = {(row, col) for row, col, _ in r.bad_pixels}
+    assert set(HOT + DEAD) <= found and len(found) <= len(HOT + DEAD) + 1
+    g = prepared_transposed.geometry
+    assert g.defocus == r.defocus_A and g.aberrations["C12"] == r.C12_A
+    # the positions are the unrotated raster in the scan frame
+    np.testing.assert_allclose(
+        g.scan_positions[1] - g.scan_positions[0], [0, recorded_calibration().scan_step[1]]
+    )
+
+
+def test_prepared_patterns_are_in_the_ideal_frame(prepared_transposed):
+    p = prepared_transposed.patterns
+    assert p.shape == (SCAN[0] * SCAN[1], 48, 48) and p.dtype == np.float32
+    centre, _, _, _ = mean_disk(prepared_transposed.filled_patterns().mean(axis=0))
+    assert np.hypot(*(centre - 24)) < 0.2
+    # a second pass over the prepared data finds nothing left to correct
+    again = prepare(
+        prepared_transposed.filled_patterns().reshape(*SCAN, 48, 48),
+        recorded_calibration(),
+        bad_pixels=False,
+    ).report
+    assert np.hypot(*(np.array(again.centre_px) - 24)) < 0.15
+    assert abs(again.rotation_deg) < 1.0 and again.transposed is False
+    assert np.abs(again.descan_px_per_A).max() < 0.01
+
+
+def test_mask_leaves_out_bad_and_outside_pixels(prepared_transposed):
+    mask = prepared_transposed.mask
+    assert mask.shape == (48, 48) and mask.dtype == bool
+    assert not mask[0, 0] and not mask[-1, -1]  # corners pulled from outside the detector
+    assert mask[24, 24]
+    assert prepared_transposed.report.masked_pixels == int((~mask).sum())
+    assert 8 <= (~mask).sum() < 0.25 * mask.size
+
+
+def test_transform_per_batch_matches(prepared_transposed):
+    data = recorded_data(transpose=True).reshape(-1, 48, 48)
+    idx = np.array([3, 100, 575])
+    out = prepared_transposed.transform(data[idx], idx)
+    np.testing.assert_allclose(out, prepared_transposed.patterns[idx], rtol=1e-6, atol=1e-6)
+
+
+def test_everything_off_passes_the_data_through():
+    data = recorded_data()
+    out = prepare(data, recorded_calibration(), PrepareOptions.all_off())
+    assert np.array_equal(out.patterns, data.reshape(-1, 48, 48))
+    assert out.mask.all() and out.report.rotation_deg == 0.0 and out.report.bad_pixels == []
+    assert out.geometry.defocus == DEFOCUS and out.geometry.aberrations == {}
+
+
+def test_user_values_override(prepared_transposed):
+    out = prepare(
+        recorded_data(transpose=True),
+        recorded_calibration(),
+        rotation=ROTATION + 0.3,
+        transpose=True,
+        centre=AXIS,
+        aberrations=False,
+        bad_pixels=False,
+    )
+    r = out.report
+    assert r.rotation_source == "user" and r.rotation_deg == ROTATION + 0.3
+    assert r.centre_source == "user" and r.centre_px == AXIS
+    assert r.defocus_A == DEFOCUS and r.bad_pixels == []
+
+
+def test_report_round_trip(prepared_transposed):
+    r = prepared_transposed.report
+    d = json.loads(json.dumps(r.to_dict()))
+    back = CalibrationReport.from_dict(d)
+    assert back.to_dict() == r.to_dict()
+    text = str(r)
+    assert "optic axis" in text and "scan rotation" in text and "bad pixels" in text
+
+
+def test_dask_input_gives_the_same_result():
+    da = pytest.importorskip("dask.array")
+    data = recorded_data()
+    opts = PrepareOptions(aberrations=False, orientation=False)
+    a = prepare(data, recorded_calibration(), opts)
+    b = prepare(da.from_array(data, chunks=(4, 24, 48, 48)), recorded_calibration(), opts)
+    np.testing.assert_allclose(a.patterns, b.patterns)
+    assert a.report.bad_pixels == b.report.bad_pixels
+
+
+def test_bad_input_is_explained():
+    with pytest.raises(ValueError, match="Reshape"):
+        prepare(np.zeros((10, 48, 48)), recorded_calibration())
+    data = recorded_data().copy()
+    data[0, 0, 0, 0] = -1
+    with pytest.raises(ValueError, match="negative"):
+        prepare(data, recorded_calibration())
