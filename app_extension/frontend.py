@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from .solver.config import ExperimentOptions, SolverConfig
+from .solver.config import CalibrationOptions, ExperimentOptions, SolverConfig
 from .solver.options import OptionError, UnknownOptionError, check, docstring, signature_parameters
 
 if TYPE_CHECKING:
@@ -31,8 +31,8 @@ __all__ = [
     "options_doc",
 ]
 
-#: Every option of a reconstruction (solver options, then probe and scan options).
-ALL_OPTIONS = {**SolverConfig.options(), **ExperimentOptions.options()}
+#: Every option of a reconstruction (solver options, probe and scan options, data preparation).
+ALL_OPTIONS = {**SolverConfig.options(), **ExperimentOptions.options(), **CalibrationOptions.options()}
 
 #: Options that set the start of a run: a resumed run keeps its own and refuses others.
 START_ONLY = ("num_slices", "slice_thickness", "tilt", "probe_modes", "padded_size", "tilt_map")
@@ -46,6 +46,7 @@ class ResolvedOptions:
     experiment: ExperimentOptions
     state: ReconstructionState | None
     base_geometry: dict
+    calibration: CalibrationOptions
 
 
 def _same(a, b) -> bool:
@@ -90,11 +91,19 @@ def resolve_options(given: Mapping, resume=None, caller: str = "ptycho_app") -> 
         checked["num_slices"] = state.num_slices
     solver = {k: v for k, v in checked.items() if k in SolverConfig.options()}
     experiment = {k: v for k, v in checked.items() if k in ExperimentOptions.options()}
+    calibration = {k: v for k, v in checked.items() if k in CalibrationOptions.options()}
+    if state is not None:  # the resumed run's data preparation, unless given now
+        previous = base_geometry.get("calibration_options") or {}
+        for k, v in previous.items():
+            if k in CalibrationOptions.options() and k != "detector_mask":
+                calibration.setdefault(k, None if isinstance(v, str) and v == "none" else v)
     config = (base_config or SolverConfig()).replace(**solver)
     if state is not None:
         experiment.setdefault("defocus", base_geometry.get("defocus"))
         experiment.setdefault("aberrations", base_geometry.get("aberrations"))
-    return ResolvedOptions(config, ExperimentOptions(**experiment), state, base_geometry)
+    return ResolvedOptions(
+        config, ExperimentOptions(**experiment), state, base_geometry, CalibrationOptions(**calibration)
+    )
 
 
 def _refuse_start_options(checked: dict, state, base_config, base_geometry: dict, caller: str) -> None:
@@ -147,6 +156,13 @@ def _same_dict(a, b) -> bool:
         except (TypeError, ValueError):
             return False
     return _same(a, b)
+
+
+def calibration_record(calibration: CalibrationOptions) -> dict:
+    """The data-preparation options as plain values (the detector mask left out), to store with a run."""
+    return {
+        name: getattr(calibration, name) for name in CalibrationOptions.options() if name != "detector_mask"
+    }
 
 
 def options_signature(first: list[inspect.Parameter]) -> inspect.Signature:

@@ -205,6 +205,8 @@ def state_to_signal(
     scan_shape: tuple[int, int] | None = None,
     depth_units: str = "Å",
     extra_parameters: dict | None = None,
+    calibration: dict | None = None,
+    calibration_options: dict | None = None,
 ) -> ComplexSignal2D:
     """A reconstruction as a calibrated complex HyperSpy signal.
 
@@ -228,6 +230,9 @@ def state_to_signal(
     extra_parameters
         Further items for ``metadata.Signal.Ptychography.Parameters`` (e.g.
         the front end's own options).
+    calibration
+        The data-preparation report (``CalibrationReport.to_dict()``), stored
+        as ``metadata.Signal.Ptychography.Calibration``.
 
     Returns
     -------
@@ -310,19 +315,45 @@ def state_to_signal(
         }
     if state.memory_estimate is not None:
         info["Memory_estimate"] = _arrays_for_sequences(dict(state.memory_estimate))
-    info["State"] = state_to_metadata(state, config, geometry)
+    if calibration is not None:
+        info["Calibration"] = _metadata_safe(calibration)
+    info["State"] = state_to_metadata(state, config, geometry, calibration_options)
     signal.metadata.set_item(RESULT_NODE, _arrays_for_sequences(info))
     return signal
 
 
-def state_to_metadata(state: ReconstructionState, config: SolverConfig, geometry: Geometry) -> dict:
+def _metadata_safe(node):
+    """A JSON-like dict as HyperSpy metadata: None -> "none", lists -> arrays, nested dicts kept."""
+    if isinstance(node, dict):
+        return {str(k): _metadata_safe(v) for k, v in node.items()}
+    if node is None:
+        return "none"
+    if isinstance(node, list | tuple):
+        if all(isinstance(v, int | float | bool | np.number) for v in node) or all(
+            isinstance(v, list | tuple) and all(isinstance(x, int | float | np.number) for x in v)
+            for v in node
+        ):
+            return np.asarray(node) if node else np.zeros(0)
+        return json.dumps(node)
+    return node
+
+
+def state_to_metadata(
+    state: ReconstructionState,
+    config: SolverConfig,
+    geometry: Geometry,
+    calibration_options: dict | None = None,
+) -> dict:
     """The solver state in its one serialised form (:mod:`app_extension.solver.serialize`).
 
     ``json`` holds the document, ``arrays`` the arrays it points to (object,
     probe, tilt, optimiser moments, ...); a run resumed from this node
     continues exactly where it stopped.
     """
-    document, arrays = flatten(state.to_tree({"config": config.to_dict(), "geometry": geometry.to_dict()}))
+    extra = {"config": config.to_dict(), "geometry": geometry.to_dict()}
+    if calibration_options is not None:
+        extra["calibration_options"] = calibration_options
+    document, arrays = flatten(state.to_tree(extra))
     # HyperSpy's writers store no 0-d arrays in metadata: they go in as 1-element
     # arrays and are named in ``scalar_arrays`` to be read back as 0-d.
     scalars = [name for name, a in arrays.items() if a.ndim == 0]
@@ -390,7 +421,10 @@ def load_resume(source) -> tuple[ReconstructionState, SolverConfig | None, dict 
         if path.suffix.lower() not in (".hspy", ".zspy", ".hdf5"):
             state, extra = ReconstructionState.load(path, with_extra=True)
             config = extra.get("config")
-            return state, (config_from_dict(config) if config else None), extra.get("geometry")
+            geometry = extra.get("geometry")
+            if geometry is not None:
+                geometry = dict(geometry, calibration_options=extra.get("calibration_options"))
+            return state, (config_from_dict(config) if config else None), geometry
         import hyperspy.api as hs
 
         from .solver.serialize import NotAStateError
@@ -407,7 +441,8 @@ def load_resume(source) -> tuple[ReconstructionState, SolverConfig | None, dict 
         node = _result_node(source)
         if node.has_item("State"):
             state, extra = state_from_metadata(node.State)
-            return state, config_from_dict(extra["config"]), extra["geometry"]
+            geometry = dict(extra["geometry"], calibration_options=extra.get("calibration_options"))
+            return state, config_from_dict(extra["config"]), geometry
         geometry = node.Geometry.as_dictionary()
         return signal_to_state(source), config_from_result(source), geometry
     raise TypeError(

@@ -43,7 +43,7 @@ def _app(dc, **kwargs):
 @pytest.fixture(scope="module")
 def run(small_dataset):
     """A small APP run: 2 iterations, then 2 more."""
-    ptycho = _app(_cube(small_dataset)).preprocess()
+    ptycho = _app(_cube(small_dataset)).preprocess(calibrate=False)
     ptycho.reconstruct(num_iter=2, progress_bar=False)
     first = {"iteration": ptycho.iteration, "errors": ptycho.error_iterations, "object": ptycho.object.copy()}
     ptycho.reconstruct(num_iter=2, progress_bar=False)
@@ -51,7 +51,7 @@ def run(small_dataset):
 
 
 def test_preprocess_reads_the_calibration(small_dataset):
-    ptycho = _app(_cube(small_dataset)).preprocess()
+    ptycho = _app(_cube(small_dataset)).preprocess(calibrate=False)
     geometry = ptycho.geometry
     assert geometry.reciprocal_sampling == pytest.approx(small_dataset.geometry.reciprocal_sampling)
     np.testing.assert_allclose(geometry.scan_positions, small_dataset.geometry.scan_positions, atol=1e-9)
@@ -66,7 +66,7 @@ def test_preprocess_in_nm_and_mrad(small_dataset):
     mrad = small_dataset.geometry.reciprocal_sampling * electron_wavelength(300e3) * 1e3
     dc.calibration.set_Q_pixel_size(mrad)
     dc.calibration.set_Q_pixel_units("mrad")
-    geometry = _app(dc).preprocess().geometry
+    geometry = _app(dc).preprocess(calibrate=False).geometry
     assert geometry.reciprocal_sampling == pytest.approx(small_dataset.geometry.reciprocal_sampling, rel=1e-9)
     np.testing.assert_allclose(geometry.scan_positions, small_dataset.geometry.scan_positions, atol=1e-9)
 
@@ -74,15 +74,15 @@ def test_preprocess_in_nm_and_mrad(small_dataset):
 def test_preprocess_without_calibration_fails_clearly(small_dataset):
     dc = py4DSTEM.DataCube(data=small_dataset.data.copy())
     with pytest.raises(ValueError, match="set_R_pixel_size"):
-        _app(dc).preprocess()
+        _app(dc).preprocess(calibrate=False)
     dc.calibration.set_R_pixel_size(0.5)
     dc.calibration.set_R_pixel_units("A")
     with pytest.raises(ValueError, match="set_Q_pixel_size"):
-        _app(dc).preprocess()
+        _app(dc).preprocess(calibrate=False)
     with pytest.raises(ValueError, match="semi-angle"):
-        _app(_cube(small_dataset), semiangle_cutoff=None).preprocess()
+        _app(_cube(small_dataset), semiangle_cutoff=None).preprocess(calibrate=False)
     with pytest.raises(ValueError, match="No DataCube"):
-        _app(None).preprocess()
+        _app(None).preprocess(calibrate=False)
     with pytest.raises(RuntimeError, match="preprocess"):
         _app(_cube(small_dataset)).reconstruct(num_iter=1)
 
@@ -132,8 +132,8 @@ def test_visualize_returns_a_figure(run):
 
 def test_to_hyperspy_is_what_ptycho_app_returns(small_dataset, small_signal):
     options = dict(num_slices=3, slice_thickness=8.0, defocus=DEFOCUS, batch_size=16, show_progressbar=False)
-    expected = small_signal.ptycho_app(iterations=2, **options)
-    ptycho = _app(signal_to_datacube(small_signal)).preprocess()
+    expected = small_signal.ptycho_app(iterations=2, calibrate=False, **options)
+    ptycho = _app(signal_to_datacube(small_signal)).preprocess(calibrate=False)
     result = ptycho.reconstruct(num_iter=2, progress_bar=False).to_hyperspy()
     np.testing.assert_allclose(result.data, expected.data, rtol=1e-5, atol=1e-6)
     for a, b in zip(result.axes_manager._axes, expected.axes_manager._axes, strict=True):
@@ -177,15 +177,15 @@ def test_scan_rotation_follows_py4dstem_qr_rotation(small_dataset):
     errors = {}
     for rotation in (-90.0, 0.0, 90.0):
         ptycho = _app(_cube(small_dataset, rotation=rotation, data=data), num_slices=2, mode="fpp")
-        ptycho.preprocess().reconstruct(num_iter=3, progress_bar=False)
+        ptycho.preprocess(calibrate=False).reconstruct(num_iter=3, progress_bar=False)
         errors[rotation] = ptycho.error
     assert errors[-90.0] < min(errors[0.0], errors[90.0])
 
 
 def test_qr_flip_transposes_the_patterns(small_dataset):
     data = np.swapaxes(small_dataset.data, 2, 3).copy()
-    flipped = _app(_cube(small_dataset, flip=True, data=data)).preprocess()
-    plain = _app(_cube(small_dataset)).preprocess()
+    flipped = _app(_cube(small_dataset, flip=True, data=data)).preprocess(calibrate=False)
+    plain = _app(_cube(small_dataset)).preprocess(calibrate=False)
     np.testing.assert_array_equal(flipped._intensities, plain._intensities)
 
 

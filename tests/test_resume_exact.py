@@ -133,7 +133,7 @@ def test_py4dstem_resume_equals_straight_run(small_dataset, tmp_path):
             verbose=False,
             start_dz=1,
         )
-        return p.preprocess(), dc
+        return p.preprocess(calibrate=False), dc
 
     straight, _ = make()
     straight.reconstruct(num_iter=4, max_batch_size=16, seed_random=1, progress_bar=False)

@@ -9,7 +9,9 @@ from app_extension.solver.state import ReconstructionState
 
 DEFOCUS = 100.0  # Å: simulate_tilted_crystal's default, which the small dataset uses
 
-FAST = {"num_slices": 3, "slice_thickness": "0.8 nm", "show_progressbar": False}
+# The calibration stage is tested on its own (test_measurements_*, test_calibrated_run); these
+# tests check the rest on ideal data with the exact defocus, so it is off here.
+FAST = {"num_slices": 3, "slice_thickness": "0.8 nm", "show_progressbar": False, "calibrate": False}
 
 
 @pytest.mark.parametrize("lazy", [True, False])

@@ -39,8 +39,9 @@ from dataclasses import replace
 import numpy as np
 from emdfile import Custom, Metadata, _read_metadata
 
+from ..preparation import prepare_data
 from ..signals.calibration import ENERGY_RANGE_KEV, check_bright_field_disk, convergence_mrad, energy_keV
-from ..solver.config import Geometry, SolverConfig
+from ..solver.config import CalibrationOptions, Geometry, SolverConfig
 from ..solver.data import check_intensities
 from ..solver.engine import reconstruct as _solve
 from ..solver.options import OptionError, UnknownOptionError, check, check_device
@@ -371,6 +372,10 @@ class AdaptivePropagatorPtychography(Custom):
         self._flip = False
         self._scan_shape: tuple[int, int] | None = None
         self._calibration: dict = {}
+        self._calibration_options: CalibrationOptions | None = None
+        self._force_rotation: float | None = None
+        self._report: dict | None = None
+        self._detector_mask: np.ndarray | None = None
         self.state: ReconstructionState | None = None
         self._preprocessed = False
 
@@ -397,15 +402,32 @@ class AdaptivePropagatorPtychography(Custom):
         return self
 
     def _read_intensities(self, datacube) -> np.ndarray:
+        """The solver's patterns: through the data-preparation stage (app_extension.preparation)."""
         _check_datacube(datacube)
         data = np.asarray(datacube.data)
         if self._scan_shape is not None and tuple(data.shape[:2]) != tuple(self._scan_shape):
             raise ValueError(
                 f"The DataCube's scan {data.shape[:2]} differs from the reconstruction's {self._scan_shape}."
             )
-        if self._flip:
-            data = np.swapaxes(data, 2, 3)
-        return check_intensities(data)
+        options = getattr(self, "_calibration_options", None) or CalibrationOptions(calibrate=False)
+        if not options.calibrate:
+            self._report, self._detector_mask = None, None
+            if self._flip:
+                data = np.swapaxes(data, 2, 3)
+            return check_intensities(data)
+        thickness = self._num_slices * self._initial_slice_thickness
+        inputs = prepare_data(
+            data,
+            self._geometry,
+            self._scan_shape,
+            options,
+            scan_rotation=self._force_rotation,
+            thickness=thickness,
+        )
+        self._geometry = inputs.geometry
+        self._report = inputs.report.to_dict()
+        self._detector_mask = inputs.detector_mask
+        return inputs.patterns
 
     def preprocess(
         self,
@@ -415,8 +437,9 @@ class AdaptivePropagatorPtychography(Custom):
         force_scan_rotation: float | None = None,
         force_transpose: bool | None = None,
         initial_scan_positions: np.ndarray | None = None,
+        **calibration_options,
     ) -> AdaptivePropagatorPtychography:
-        """Read the DataCube's calibration and set up the solver.
+        """Read the DataCube's calibration, find what it lacks from the data, and set up the solver.
 
         Parameters
         ----------
@@ -431,6 +454,14 @@ class AdaptivePropagatorPtychography(Custom):
             Swap the detector axes (the calibration's ``QR_flip``; default: its value, else False).
         initial_scan_positions
             (J, 2) probe positions in Å, (x, y) = (row, column) order, instead of the raster.
+        **calibration_options
+            The data-preparation stage's switches (the same as ``ptycho_app``'s):
+            ``calibrate`` (default True: optic axis and descan, rotation and
+            transpose, bad pixels, defocus and astigmatism found from the data;
+            ``force_scan_rotation`` and ``force_transpose`` override the
+            measured orientation), ``find_centre``, ``find_orientation``,
+            ``find_bad_pixels``, ``fit_aberrations``, ``use_measured_semiangle``,
+            ``detector_mask``. The report is :attr:`calibration_report`.
 
         Returns
         -------
@@ -447,6 +478,15 @@ class AdaptivePropagatorPtychography(Custom):
                 "No DataCube: pass datacube= to the constructor or call attach_datacube(datacube) first."
             )
         _check_datacube(self._datacube)
+        unknown = sorted(set(calibration_options) - set(CalibrationOptions.options()))
+        if unknown:
+            raise UnknownOptionError(
+                f"preprocess got unknown option(s) {unknown}; its calibration options are "
+                f"{sorted(CalibrationOptions.options())}."
+            )
+        self._calibration_options = CalibrationOptions(**dict(calibration_options, transpose=force_transpose))
+        calibrating = self._calibration_options.calibrate
+        self._force_rotation = force_scan_rotation
         cal = read_datacube_calibration(
             self._datacube,
             energy=self._energy,
@@ -465,7 +505,8 @@ class AdaptivePropagatorPtychography(Custom):
         self._flip = cal["flip"] if force_transpose is None else bool(force_transpose)
         data_shape = np.shape(self._datacube.data)
         self._scan_shape = tuple(int(n) for n in data_shape[:2])
-        self._check_origin(data_shape)
+        if not calibrating:  # else the optic axis is measured
+            self._check_origin(data_shape)
         check_bright_field_disk(
             self._semiangle_cutoff,
             cal["angular_sampling"],
@@ -480,7 +521,8 @@ class AdaptivePropagatorPtychography(Custom):
                 f"({data_shape[-2]} x {data_shape[-1]}); give at least {max(data_shape[-2:])}, or None."
             )
         if initial_scan_positions is None:
-            positions = Geometry.raster(self._scan_shape, cal["scan_step"], rotation)
+            # with the calibration stage, the patterns are turned into the scan frame instead
+            positions = Geometry.raster(self._scan_shape, cal["scan_step"], 0.0 if calibrating else rotation)
         else:
             positions = np.asarray(initial_scan_positions, dtype=np.float64)
         defocus, aberrations = _solver_aberrations(self._polar_parameters)
@@ -494,6 +536,9 @@ class AdaptivePropagatorPtychography(Custom):
         )
         self._calibration = dict(cal, rotation_deg=rotation, flip=self._flip)
         self._intensities = self._read_intensities(self._datacube)
+        if self._report is not None:
+            rotation, self._flip = self._report["rotation_deg"], bool(self._report["transposed"])
+            self._calibration.update(rotation_deg=rotation, flip=self._flip)
         self.state = None
         self._preprocessed = True
         if self._verbose:
@@ -589,6 +634,7 @@ class AdaptivePropagatorPtychography(Custom):
             show_progressbar=show,
             callback=callback,
             checkpoint=checkpoint,
+            detector_mask=getattr(self, "_detector_mask", None),
         )
         if self.state.status != "ok":
             warnings.warn(f"The reconstruction stopped early: status {self.state.status!r}.", stacklevel=2)
@@ -599,6 +645,12 @@ class AdaptivePropagatorPtychography(Custom):
         if self.state is None:
             raise RuntimeError("No reconstruction yet: call preprocess() and reconstruct() first.")
         return self.state
+
+    @property
+    def calibration_report(self) -> dict | None:
+        """What the data-preparation stage found (optic axis, descan, rotation, transpose, bad pixels,
+        defocus, astigmatism), or None when it was off."""
+        return self._report
 
     @property
     def config(self) -> SolverConfig:
@@ -791,6 +843,7 @@ class AdaptivePropagatorPtychography(Custom):
             },
         }
         options.update(kwargs)
+        options.setdefault("calibration", self._report)
         return state_to_signal(state, self._config, self._geometry, **options)
 
     # ------------------------------------------------------------------ file i/o (emdfile)

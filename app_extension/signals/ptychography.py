@@ -21,7 +21,8 @@ from hyperspy._signals.lazy_signal2d import LazySignal2D
 from hyperspy._signals.signal2d import Signal2D
 from hyperspy.docstrings.signal import SHOW_PROGRESSBAR_ARG
 
-from ..frontend import options_doc, options_signature
+from ..frontend import calibration_record, options_doc, options_signature
+from ..preparation import prepare_data
 from ..units import angstrom_in
 from .calibration import (
     check_disk_on_detector,
@@ -144,28 +145,40 @@ class AppPtychography2D(Signal2D):
         resolved = resolve_options(options, resume)
         config, experiment, state = resolved.config, resolved.experiment, resolved.state
         previous_positions = resolved.base_geometry.get("scan_positions")
+        calibration = resolved.calibration
+        angstrom_in(depth_units, "depth_units")  # a bad unit fails now, not after the run
+        if checkpoint is not None and not Path(checkpoint).resolve().parent.is_dir():
+            raise FileNotFoundError(f"checkpoint={str(checkpoint)!r}: the folder does not exist.")
+        # With the calibration stage on, the patterns are turned into the scan frame, so the
+        # raster stays unrotated; without it, a given scan rotation rotates the raster.
         geometry = geometry_from_signal(
             self,
             defocus=experiment.defocus or 0.0,
-            scan_rotation=experiment.scan_rotation or 0.0,
+            scan_rotation=0.0 if calibration.calibrate else experiment.scan_rotation or 0.0,
             aberrations=experiment.aberrations or {},
         )
         check_disk_on_detector(geometry, self.axes_manager.signal_shape[0])
-        rotation = experiment.scan_rotation or 0.0
-        if experiment.scan_rotation is None and previous_positions is not None:
+        thickness = state.thickness if state is not None else config.num_slices * config.slice_thickness
+        inputs = prepare_data(
+            self.data,
+            geometry,
+            self.axes_manager.navigation_shape[::-1],
+            calibration,
+            scan_rotation=experiment.scan_rotation,
+            thickness=thickness,
+        )
+        geometry, rotation = inputs.geometry, inputs.scan_rotation
+        if experiment.scan_rotation is None and previous_positions is not None and not calibration.calibrate:
             previous = np.asarray(previous_positions, dtype=np.float64)
             if previous.shape == geometry.scan_positions.shape:
                 geometry.scan_positions = previous  # continue on the previous run's scan
                 rotation = raster_rotation(previous)
-        angstrom_in(depth_units, "depth_units")  # a bad unit fails now, not after the run
-        if checkpoint is not None and not Path(checkpoint).resolve().parent.is_dir():
-            raise FileNotFoundError(f"checkpoint={str(checkpoint)!r}: the folder does not exist.")
         if show_progressbar is None:
             from hyperspy.defaults_parser import preferences
 
             show_progressbar = preferences.General.show_progressbar
         result = reconstruct(
-            self.data,  # read where it is: a lazy signal's dask array is streamed, never loaded whole
+            inputs.patterns,  # a lazy signal's data are streamed, never loaded whole
             geometry,
             config,
             state=state,
@@ -173,6 +186,8 @@ class AppPtychography2D(Signal2D):
             callback=callback,
             checkpoint=checkpoint,
             checkpoint_every=checkpoint_every,
+            detector_mask=inputs.detector_mask,
+            checkpoint_extra={"calibration_options": calibration_record(calibration)},
         )
         if result.status != "ok":
             warnings.warn(
@@ -192,6 +207,8 @@ class AppPtychography2D(Signal2D):
             scan_shape=self.axes_manager.navigation_shape[::-1],
             depth_units=depth_units,
             extra_parameters={"scan_rotation": rotation, "scan_rotation_units": "deg"},
+            calibration=None if inputs.report is None else inputs.report.to_dict(),
+            calibration_options=calibration_record(calibration),
         )
 
     ptycho_app.__doc__ %= (SHOW_PROGRESSBAR_ARG, options_doc())

@@ -14,7 +14,7 @@ import numpy as np
 
 from .options import Option, OptionError, UnknownOptionError, check, option, options_of
 
-__all__ = ["Geometry", "SolverConfig", "ExperimentOptions", "OptionError"]
+__all__ = ["Geometry", "SolverConfig", "ExperimentOptions", "CalibrationOptions", "OptionError"]
 
 
 @dataclass
@@ -315,6 +315,70 @@ class ExperimentOptions:
         "Further probe aberrations as polar coefficients, e.g. {'C30': '1.2 mm', 'C12': 20, 'phi12': 0.3} "
         "(numbers in Å, angles in rad).",
         kind="dict",
+        allow_none=True,
+        cli=False,
+    )
+
+    def __post_init__(self):
+        for name, opt in options_of(type(self)).items():
+            setattr(self, name, check(opt, getattr(self, name)))
+
+    @classmethod
+    def options(cls) -> dict[str, Option]:
+        return options_of(cls)
+
+
+@dataclass
+class CalibrationOptions:
+    """The data-preparation stage (:mod:`app_extension.measurements`): what it finds from the data.
+
+    Every step is on by default; ``calibrate=False`` switches them all off, so
+    the patterns are used as given (optic axis at pixel N // 2, detector axes
+    along the scan axes): the behaviour and speed of earlier versions.
+    """
+
+    calibrate: bool = option(
+        True,
+        "Find from the data what the microscope did not record (the steps below): optic axis and descan, "
+        "scan-detector rotation and transpose, bad pixels, defocus and astigmatism, semi-angle check; "
+        "False: use the patterns as given.",
+        kind="bool",
+    )
+    find_centre: bool = option(
+        True, "Measure the optic axis from the bright-field disk edge and fit a linear descan.", kind="bool"
+    )
+    find_orientation: bool = option(
+        True,
+        "Measure the scan-detector rotation and transpose (bright-field parallax); `scan_rotation` and "
+        "`transpose` override it.",
+        kind="bool",
+    )
+    transpose: bool | None = option(
+        None,
+        "The detector is transposed relative to the scan; None: measured (or False without calibration).",
+        kind="bool",
+        allow_none=True,
+    )
+    find_bad_pixels: bool = option(
+        True,
+        "Detect hot and dead pixels from their mean and variance over the scan and leave them out.",
+        kind="bool",
+    )
+    fit_aberrations: bool = option(
+        True,
+        "Fit defocus and two-fold astigmatism from the bright-field parallax before the run (the given "
+        "defocus is only a starting value).",
+        kind="bool",
+    )
+    use_measured_semiangle: bool = option(
+        False,
+        "Use the semi-angle measured from the bright-field disk instead of the stated one.",
+        kind="bool",
+    )
+    detector_mask: object = option(
+        None,
+        "Pixels to leave out of the loss: a boolean (N, N) array or HyperSpy signal, True = bad pixel.",
+        kind="mask",
         allow_none=True,
         cli=False,
     )

@@ -112,6 +112,7 @@ def reconstruct(
     callback: Callable[[ReconstructionState], None] | None = None,
     checkpoint: str | os.PathLike | None = None,
     checkpoint_every: int = 5,
+    checkpoint_extra: dict | None = None,
     detector_mask: np.ndarray | None = None,
     stream: bool | None = None,
 ) -> ReconstructionState:
@@ -137,6 +138,9 @@ def reconstruct(
     checkpoint, checkpoint_every
         Write the state to this file every ``checkpoint_every`` iterations
         and at the end.
+    checkpoint_extra
+        Further JSON-like items a front end stores with the checkpoint (e.g.
+        its data-preparation options, so a resumed run prepares the data alike).
     detector_mask
         Boolean (N, N), True for the detector pixels the loss uses.
     stream
@@ -185,7 +189,7 @@ def reconstruct(
         state = _continue_from(state, data, config, device)
     n_iter = config.iterations if iterations is None else int(iterations)
     run = steps.Run.start(state, data, config, comm)
-    extra = {"config": config.to_dict(), "geometry": geometry.to_dict()}
+    extra = {**(checkpoint_extra or {}), "config": config.to_dict(), "geometry": geometry.to_dict()}
 
     progress = None
     if show_progressbar and n_iter > 0:

@@ -213,6 +213,20 @@ def check(opt: Option, value, where: str | None = None):
         return pair
     if opt.kind == "device":
         return check_device(value, where)
+    if opt.kind == "mask":
+        data = getattr(value, "data", value)  # a HyperSpy signal or an array
+        mask = np.asarray(data)
+        if mask.ndim != 2 or mask.shape[0] != mask.shape[1]:
+            raise OptionError(
+                f"{where}: expected a square (N, N) boolean array (True = bad pixel), got {mask.shape}."
+            )
+        if mask.dtype != bool:
+            if not np.isin(mask, (0, 1)).all():
+                raise OptionError(
+                    f"{where}: expected booleans (True = bad pixel), got values other than 0 and 1."
+                )
+            mask = mask.astype(bool)
+        return mask
     if opt.kind == "dict":
         if not isinstance(value, dict):
             raise OptionError(f"{where}={value!r}: expected a dict.")
@@ -314,7 +328,9 @@ def add_arguments(group, options: dict[str, Option]) -> None:
         unit = f" {opt.unit}" if opt.unit and opt.default is not None else ""
         text = f"{opt.help} [{_default_text(opt)}{unit}]".replace("%", "%%")
         if opt.kind == "bool":
-            group.add_argument(opt.flag, dest=opt.name, action="store_true", default=None, help=text)
+            group.add_argument(
+                opt.flag, dest=opt.name, action=argparse.BooleanOptionalAction, default=None, help=text
+            )
         elif opt.choices:
             group.add_argument(opt.flag, dest=opt.name, choices=opt.choices, default=None, help=text)
         else:

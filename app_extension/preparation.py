@@ -1,0 +1,152 @@
+"""The one data-preparation stage every front end calls before the solver.
+
+:func:`prepare_data` takes the raw patterns (numpy, memmap or a lazy
+signal's dask array) and the recorded calibration (a :class:`Geometry` read by
+the front end from its own metadata), runs the measurements of
+:mod:`app_extension.measurements` that :class:`CalibrationOptions` switches on,
+and returns what :func:`app_extension.solver.engine.reconstruct` takes, plus
+the calibration report. With ``calibrate=False`` the data pass through
+untouched (today's behaviour and speed).
+
+Lazy data stay out of memory: their patterns are resampled chunk by chunk into
+a float32 memory-mapped file in a temporary folder, which the solver streams.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+from dataclasses import dataclass
+
+import numpy as np
+
+from .solver.config import CalibrationOptions, Geometry
+
+__all__ = ["SolverInputs", "prepare_data"]
+
+_log = logging.getLogger(__name__)
+
+
+@dataclass
+class SolverInputs:
+    """What the solver takes, and what the preparation found."""
+
+    patterns: object
+    geometry: Geometry
+    detector_mask: np.ndarray | None
+    report: object | None  # measurements.CalibrationReport
+    scan_rotation: float
+
+
+def _raster_steps(geometry: Geometry, scan_shape: tuple[int, int]) -> tuple[float, float]:
+    """(step_y, step_x) in Å of the geometry's raster (rotation-invariant)."""
+    pos = np.asarray(geometry.scan_positions).reshape(scan_shape[0], scan_shape[1], 2)
+    sx = float(np.linalg.norm(pos[0, 1] - pos[0, 0])) if scan_shape[1] > 1 else 1.0
+    sy = float(np.linalg.norm(pos[1, 0] - pos[0, 0])) if scan_shape[0] > 1 else sx
+    return sy, sx
+
+
+def prepare_data(
+    data,
+    geometry: Geometry,
+    scan_shape: tuple[int, int],
+    calibration: CalibrationOptions,
+    *,
+    scan_rotation: float | None = None,
+    thickness: float | None = None,
+) -> SolverInputs:
+    """Measure the calibration from the data and put the patterns in the solver's frame.
+
+    Parameters
+    ----------
+    data
+        Raw patterns (scan_y, scan_x, N, N), numpy or dask.
+    geometry
+        The recorded calibration as a :class:`Geometry`: energy, nominal
+        semi-angle, detector sampling, the raster (with ``scan_rotation``
+        applied when calibration is off), nominal defocus and aberrations.
+    scan_shape
+        (scan_y, scan_x).
+    calibration
+        Which steps run.
+    scan_rotation
+        A rotation the user gave (degrees, as ``Geometry.raster``), or None.
+    thickness
+        The thickness guess in Å (the parallax defocus refers to the
+        specimen's middle).
+    """
+    if not calibration.calibrate:
+        return SolverInputs(data, geometry, _user_mask(calibration), None, float(scan_rotation or 0.0))
+    from .measurements import PrepareOptions, RecordedCalibration, prepare
+
+    recorded = RecordedCalibration(
+        energy=geometry.energy,
+        semiangle=geometry.semiangle,
+        scan_step=_raster_steps(geometry, scan_shape),
+        reciprocal_sampling=geometry.reciprocal_sampling,
+        defocus=geometry.defocus,
+        aberrations=dict(geometry.aberrations),
+    )
+    options = PrepareOptions(
+        centre=calibration.find_centre,
+        descan=calibration.find_centre,
+        orientation=calibration.find_orientation,
+        rotation=scan_rotation,
+        transpose=calibration.transpose,
+        bad_pixels=calibration.find_bad_pixels,
+        bad_pixel_mask=calibration.detector_mask,
+        aberrations=calibration.fit_aberrations,
+        use_measured_semiangle=calibration.use_measured_semiangle,
+        thickness=thickness,
+    )
+    lazy = hasattr(data, "compute") and not isinstance(data, np.ndarray)
+    _check_values(data, lazy)  # NaN and negative counts: the solver's own clear errors, before any fit
+    prepared = prepare(data, recorded, options, materialise=not lazy)
+    patterns = prepared.patterns if not lazy else _resample_to_memmap(data, prepared)
+    for warning in prepared.report.warnings:
+        _log.warning("%s", warning)
+    rotation = prepared.report.rotation_deg
+    return SolverInputs(
+        patterns,
+        prepared.geometry,
+        prepared.mask,
+        prepared.report,
+        float(rotation) if rotation is not None else float(scan_rotation or 0.0),
+    )
+
+
+def _check_values(data, lazy: bool) -> None:
+    from .solver.data import check_intensities
+
+    if not lazy:
+        check_intensities(np.asarray(data))
+        return
+    import dask.array as da
+
+    bad, low = da.compute(~da.isfinite(data).all(), data.min())
+    if bad or low < 0:
+        first = np.asarray(data[:1, :1].compute())  # check_intensities words the problem
+        check_intensities(first if not bad and low >= 0 else np.asarray(data.compute()))
+
+
+def _user_mask(calibration: CalibrationOptions) -> np.ndarray | None:
+    return None if calibration.detector_mask is None else ~np.asarray(calibration.detector_mask, dtype=bool)
+
+
+def _resample_to_memmap(data, prepared) -> np.memmap:
+    """Resample lazy patterns chunk by chunk into a temporary float32 memory-mapped file."""
+    sy, sx, n, _ = (int(s) for s in data.shape)
+    folder = tempfile.mkdtemp(prefix="app_extension_")
+    path = os.path.join(folder, "patterns.f32")
+    out = np.memmap(path, dtype=np.float32, mode="w+", shape=(sy * sx, n, n))
+    rows = max(1, int(2**26 // max(1, sx * n * n * 4)))  # about 64 MB of output per block
+    for y0 in range(0, sy, rows):
+        y1 = min(sy, y0 + rows)
+        block = np.asarray(data[y0:y1].compute()).reshape(-1, n, n)
+        index = np.arange(y0 * sx, y1 * sx)
+        out[index] = prepared.transform(block, index)
+    out.flush()
+    os.unlink(path)  # the mapping stays valid; the file goes when it is closed
+    os.rmdir(folder)
+    return out
