@@ -20,6 +20,7 @@ saying what to do), 2 on a command-line usage error, 130 when interrupted
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import sys
 import time
@@ -363,6 +364,9 @@ def _run_reconstruct(args) -> int:
     from .load import LoadError, load_4dstem
     from .units import CalibrationError, UncalibratedError
 
+    if _launch_rank() != 0:  # under torchrun: rank 0 gives the warnings (every rank would repeat them)
+        warnings.simplefilter("ignore")
+        logging.getLogger("app_extension").setLevel(logging.ERROR)
     out, summary = _output_paths(args)
     calibration = _calibration(args)
     kwargs = _reconstruct_kwargs(args)
