@@ -7,6 +7,11 @@ PNG summary. ``demo`` simulates a small tilted SrTiO3 crystal and reconstructs
 it with APP and FPP, printing the recovered tilt and thickness next to the
 truth. ``python -m app_extension`` is the same program.
 
+Under ``torchrun`` (several processes on torch.distributed, see
+:mod:`app_extension.solver.distributed`) every rank runs the same command
+and shares the positions; only rank 0 writes the result, the PNG summary and
+prints the report.
+
 Exit status: 0 on success, 1 on a bad input or a failed run (with a message
 saying what to do), 2 on a command-line usage error, 130 when interrupted
 (the partial result is still written).
@@ -15,6 +20,8 @@ saying what to do), 2 on a command-line usage error, 130 when interrupted
 from __future__ import annotations
 
 import argparse
+import logging
+import os
 import sys
 import time
 import warnings
@@ -23,6 +30,8 @@ from pathlib import Path
 
 from .frontend import ALL_OPTIONS
 from .solver.config import SolverConfig
+from .solver.distributed import is_writer
+from .solver.memory import MemoryPreflightError
 from .solver.options import OptionError, add_arguments, check, check_device
 from .solver.serialize import NotAStateError
 
@@ -151,6 +160,12 @@ def build_parser() -> argparse.ArgumentParser:
     out.add_argument("--no-summary", action="store_true", help="do not write the PNG summary")
     out.add_argument("--overwrite", action="store_true", help="replace existing output files")
     out.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    out.add_argument(
+        "-v",
+        "--verbose",
+        action="store_true",
+        help="also print the memory preflight's estimate part by part",
+    )
 
     cal = rec.add_argument_group("calibration (overrides the file's; units optional, defaults in brackets)")
     cal.add_argument("--beam-energy", metavar="E", help='beam energy ["300 kV"; bare numbers are keV]')
@@ -322,10 +337,36 @@ def _check_device(device: str) -> None:
         raise CLIError(str(error)) from None
 
 
+def _launch_rank() -> int:
+    """This process's rank as torchrun set it (0 outside torchrun), before the process group exists."""
+    if os.environ.get("APP_EXTENSION_DISTRIBUTED", "1") == "0":
+        return 0
+    try:
+        return int(os.environ.get("RANK", "0"))
+    except ValueError:
+        return 0
+
+
+def _memory_lines(node, verbose: bool) -> list[str]:
+    """The preflight's estimate (metadata ``Memory_estimate``) as report lines."""
+    from .solver.memory import MemoryEstimate
+
+    if not node.has_item("Memory_estimate"):
+        return []
+    estimate = MemoryEstimate.from_dict(node.Memory_estimate.as_dictionary())
+    lines = [f"  memory (preflight estimate of the peak): {estimate.brief()}"]
+    if verbose:
+        lines.append(f"  {estimate.summary()}")
+    return lines
+
+
 def _run_reconstruct(args) -> int:
     from .load import LoadError, load_4dstem
     from .units import CalibrationError, UncalibratedError
 
+    if _launch_rank() != 0:  # under torchrun: rank 0 gives the warnings (every rank would repeat them)
+        warnings.simplefilter("ignore")
+        logging.getLogger("app_extension").setLevel(logging.ERROR)
     out, summary = _output_paths(args)
     calibration = _calibration(args)
     kwargs = _reconstruct_kwargs(args)
@@ -356,12 +397,18 @@ def _run_reconstruct(args) -> int:
         what.append(f"{kwargs['num_slices']} slices")
     if "iterations" in kwargs:
         what.append(f"{kwargs['iterations']} iterations")
-    print(
-        f"{PROG}: {args.file}: scan {shape[0]} x {shape[1]}, patterns {shape[2]} x {shape[3]}; "
-        + ", ".join(what)
-        + (f", resuming {args.resume}" if args.resume else ""),
-        file=sys.stderr,
+    processes = (
+        int(os.environ.get("WORLD_SIZE", "1")) if os.environ.get("APP_EXTENSION_DISTRIBUTED") != "0" else 1
     )
+    if processes > 1:
+        what.append(f"{processes} processes")
+    if _launch_rank() == 0:
+        print(
+            f"{PROG}: {args.file}: scan {shape[0]} x {shape[1]}, patterns {shape[2]} x {shape[3]}; "
+            + ", ".join(what)
+            + (f", resuming {args.resume}" if args.resume else ""),
+            file=sys.stderr,
+        )
     t0 = time.perf_counter()
     try:
         with warnings.catch_warnings():
@@ -383,12 +430,14 @@ def _run_reconstruct(args) -> int:
         raise
     elapsed = time.perf_counter() - t0
     node = result.metadata.Signal.Ptychography
+    status = str(node.get_item("status", "ok"))
+    if not is_writer():  # another rank of a torchrun launch: rank 0 writes and reports
+        return 130 if status == "interrupted" else 1 if status == "diverged" else 0
     result.save(out, overwrite=True)
     if summary is not None:
         from .report import save_summary
 
         save_summary(result, summary)
-    status = str(node.get_item("status", "ok"))
     print(f"{PROG}: {status} after {int(node.iterations)} iterations in total ({elapsed:.1f} s this run)")
     print(f"  tilt (theta_x, theta_y): ({node.tilt_x:.2f}, {node.tilt_y:.2f}) mrad")
     if node.has_item("Post_alignment"):
@@ -397,6 +446,8 @@ def _run_reconstruct(args) -> int:
     print(
         f"  slice thickness: {node.slice_thickness:.2f} Å x {int(node.num_slices)} = {node.thickness / 10:.2f} nm"
     )
+    for line in _memory_lines(node, args.verbose):
+        print(line)
     print(f"  result: {out}")
     if summary is not None:
         print(f"  summary: {summary}")
@@ -459,7 +510,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "reconstruct":
             return _run_reconstruct(args)
         return _run_demo(args)
-    except (CLIError, OptionError, NotAStateError) as error:
+    except (CLIError, OptionError, NotAStateError, MemoryPreflightError) as error:
         if args.debug:
             raise
         print(f"{PROG}: error: {error}", file=sys.stderr)

@@ -43,6 +43,11 @@ WORKERS = {
     "floor": "bench_floor.py",
 }
 PREFIX = "BENCH_RESULT "
+#: the shared data: next to the repository (a clone in /work/main) or /work/shared (a worktree elsewhere)
+SHARED = next(
+    (p for p in (HERE.parents[1] / "shared", Path("/work/shared")) if (p / "data").is_dir()),
+    Path("/work/shared"),
+)
 DEFAULT_PTYRAD_PYTHON = "/work/venv-ptyrad/bin/python"
 
 
@@ -132,7 +137,7 @@ def main(argv=None) -> None:
     p.add_argument("--max-iterations", type=int, default=40)
     p.add_argument("--profile", action="store_true", help="torch.profiler breakdown of one app iteration")
     p.add_argument("--report", action="store_true", help="only regenerate RESULTS.md")
-    p.add_argument("--data", default=str(HERE.parent.parent / "shared" / "data" / "sto_tilt_8_-3.h5"))
+    p.add_argument("--data", default=str(SHARED / "data" / "sto_tilt_8_-3.h5"))
     p.add_argument("--ptyrad-python", default=DEFAULT_PTYRAD_PYTHON)
     args = p.parse_args(argv)
 

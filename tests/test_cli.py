@@ -385,3 +385,32 @@ def test_resume_from_missing_file(data_file, tmp_path, capsys):
     code, _, err = run_cli(["reconstruct", data_file, "--resume", tmp_path / "gone.ckpt"], capsys)
     assert code == 1
     assert "--resume" in err and "no such file" in err
+
+
+# --------------------------------------------------------------------------- memory report
+
+
+def test_memory_estimate_is_reported_and_verbose_gives_the_parts(data_file, small_dataset, tmp_path, capsys):
+    out = tmp_path / "mem.hspy"
+    argv = ["reconstruct", data_file, *calibration(small_dataset), "--num-slices", "1", "--iterations", "1"]
+    code, stdout, err = run_cli([*argv, "-q", "--no-summary", "-o", out], capsys)
+    assert code == 0, err
+    line = next(row for row in stdout.splitlines() if "memory (preflight estimate of the peak)" in row)
+    stored = hs.load(out).metadata.Signal.Ptychography.Memory_estimate
+    assert f"host {stored.host_bytes / 1e6:.0f} MB" in line and "data held on the device" in line
+    assert "runtime (kernels" not in stdout  # the parts only with -v
+    code, stdout, err = run_cli([*argv, "-q", "--no-summary", "-v", "--overwrite", "-o", out], capsys)
+    assert code == 0, err
+    assert "memory estimate: host" in stdout and "runtime (kernels, FFT plans, allocator pools)" in stdout
+
+
+def test_memory_refusal_is_a_message_not_a_traceback(data_file, small_dataset, tmp_path, capsys, monkeypatch):
+    from app_extension.solver import memory
+
+    monkeypatch.setattr(memory, "available_memory", lambda device: 10**6)  # 1 MB free
+    out = tmp_path / "big.hspy"
+    argv = ["reconstruct", data_file, *calibration(small_dataset), "--iterations", "1", "-q", "-o", out]
+    code, _, err = run_cli(argv, capsys)
+    assert code == 1
+    assert "error: The run does not fit in memory: needs" in err and "(1 MB free)" in err
+    assert "Traceback" not in err and not out.exists()

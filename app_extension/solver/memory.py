@@ -159,6 +159,40 @@ class MemoryEstimate:
             + ("data streamed per batch" if self.streaming else "data held on the device")
         )
 
+    def brief(self) -> str:
+        """The totals only, in a few words (the command line's default report)."""
+        free = "" if self.host_available is None else f" ({_fmt(self.host_available)} free)"
+        out = f"host {_fmt(self.host_bytes)}{free}"
+        if self.held:
+            out += f" + data held {_fmt(self.held)}"
+        if self.device:
+            free = "" if self.device_available is None else f" ({_fmt(self.device_available)} free)"
+            out += f", {self.device_name} {_fmt(self.device_bytes)}{free}"
+        return out + (", data streamed per batch" if self.streaming else ", data held on the device")
+
+    @classmethod
+    def from_dict(cls, d) -> MemoryEstimate:
+        """The estimate back from :meth:`to_dict`'s form (e.g. a result's ``Memory_estimate`` metadata)."""
+        d = dict(d)
+
+        def parts(key):
+            return {str(k): int(v) for k, v in dict(d.get(key) or {}).items()}
+
+        def maybe(key):
+            value = d.get(key)
+            return None if value is None or value == "None" else int(value)
+
+        return cls(
+            host=parts("host_parts"),
+            device=parts("device_parts"),
+            held=int(d.get("held_bytes", 0)),
+            host_available=maybe("host_available"),
+            device_available=maybe("device_available"),
+            object_shape=tuple(int(v) for v in d.get("object_shape", ())),
+            streaming=bool(d.get("streaming", False)),
+            device_name=str(d.get("device", "cpu")),
+        )
+
     def to_dict(self) -> dict:
         """JSON-like form (for metadata)."""
         return {
