@@ -25,6 +25,7 @@ from ..frontend import calibration_record, options_doc, options_signature
 from ..preparation import prepare_data
 from ..units import angstrom_in
 from .calibration import (
+    TEM_NODE,
     check_disk_on_detector,
     geometry_from_signal,
     raster_rotation,
@@ -151,9 +152,12 @@ class AppPtychography2D(Signal2D):
             raise FileNotFoundError(f"checkpoint={str(checkpoint)!r}: the folder does not exist.")
         # With the calibration stage on, the patterns are turned into the scan frame, so the
         # raster stays unrotated; without it, a given scan rotation rotates the raster.
+        defocus = experiment.defocus
+        if defocus is None:  # the file's (load_4dstem stores it in Å, positive = underfocus), else 0
+            defocus = self.metadata.get_item(f"{TEM_NODE}.defocus", 0.0)
         geometry = geometry_from_signal(
             self,
-            defocus=experiment.defocus or 0.0,
+            defocus=defocus,
             scan_rotation=0.0 if calibration.calibrate else experiment.scan_rotation or 0.0,
             aberrations=experiment.aberrations or {},
         )
