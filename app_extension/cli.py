@@ -439,7 +439,14 @@ def _run_reconstruct(args) -> int:
 
         save_summary(result, summary)
     print(f"{PROG}: {status} after {int(node.iterations)} iterations in total ({elapsed:.1f} s this run)")
-    print(f"  tilt (theta_x, theta_y): ({node.tilt_x:.2f}, {node.tilt_y:.2f}) mrad")
+    if node.has_item("Calibration.json"):
+        import json
+
+        from .measurements import CalibrationReport
+
+        report = CalibrationReport.from_dict(json.loads(str(node.Calibration.json)))
+        print("\n".join("  " + line for line in str(report).splitlines()))
+    print(f"  tilt (theta_x, theta_y): ({node.tilt_x:.2f}, {node.tilt_y:.2f}) mrad, scan frame")
     if node.has_item("Post_alignment"):
         pa = node.Post_alignment
         print(f"  FPP post-alignment tilt: ({pa.tilt_x:.2f}, {pa.tilt_y:.2f}) mrad")

@@ -316,7 +316,8 @@ def state_to_signal(
     if state.memory_estimate is not None:
         info["Memory_estimate"] = _arrays_for_sequences(dict(state.memory_estimate))
     if calibration is not None:
-        info["Calibration"] = _metadata_safe(calibration)
+        # readable items, plus the report exactly as JSON (CalibrationReport.from_dict(json.loads(...)))
+        info["Calibration"] = {**_metadata_safe(calibration), "json": json.dumps(calibration)}
     info["State"] = state_to_metadata(state, config, geometry, calibration_options)
     signal.metadata.set_item(RESULT_NODE, _arrays_for_sequences(info))
     return signal
