@@ -30,6 +30,7 @@ from .allocator import tune_cpu_allocator
 from .config import Geometry, SolverConfig
 from .data import MeasuredData
 from .state import ReconstructionState
+from .tilt_field import make_tilt_grid
 
 __all__ = ["reconstruct", "initial_state"]
 
@@ -60,6 +61,17 @@ def initial_state(
     )
     probe = probe_modes(probe, config.probe_modes, seed=config.seed)
     ntilt = geometry.scan_positions.shape[0] if config.tilt_map else 1
+    field = grid = None
+    if config.tilt_map:  # the control grid is learned, the (P, 2) tilts are derived from it
+        field = make_tilt_grid(
+            geometry.scan_positions,
+            geometry.semiangle,
+            geometry.defocus,
+            s * config.slice_thickness,
+            spacing=config.tilt_map_resolution,
+            grid=config.tilt_map_grid,
+        )
+        grid = torch.tensor([config.tilt] * field.size, dtype=torch.float32)
     return ReconstructionState(
         phase=torch.zeros((s, height, width), dtype=torch.float32),
         amplitude=torch.ones((s, height, width), dtype=torch.float32),
@@ -70,6 +82,8 @@ def initial_state(
         sampling=sampling,
         origin=origin,
         wavelength=wavelength,
+        tilt_grid=grid,
+        tilt_field=field,
     ).to(device)
 
 
@@ -187,6 +201,8 @@ def reconstruct(
     state = run.state
     for name in ReconstructionState._TENSORS:
         getattr(state, name).requires_grad_(False)
+    if state.has_tilt_map:
+        state.tilt_grid.requires_grad_(False)
     if config.mode == "fpp" and state.num_slices > 1:
         state.post_alignment = post_align(
             state.phase.cpu().numpy(),
