@@ -464,33 +464,77 @@ def measure_local_drift(state, grid: TiltGrid, window: int, vacuum: float = 0.2)
     return {"slope": slope, "sigma": sigma, "contrast": contrast, "undetermined": undetermined}
 
 
-def _pixel_field(state, grid: TiltGrid, change_tan: np.ndarray) -> np.ndarray:
-    """The change of tan(theta) (x, y) interpolated to every object pixel, (H, W, 2)."""
+def _pixel_weights(state, grid: TiltGrid) -> tuple[np.ndarray, np.ndarray]:
+    """Bilinear (index, weight) from the control grid to every object pixel, (H * W, 4) each."""
     ys, xs = state.coordinates()
     yy, xx = np.meshgrid(ys, xs, indexing="ij")
-    index, weight = grid.weights(np.stack([yy.ravel(), xx.ravel()], axis=1))
-    values = (change_tan[index] * weight[..., None]).sum(axis=1)
-    return values.reshape(len(ys), len(xs), 2)
+    return grid.weights(np.stack([yy.ravel(), xx.ravel()], axis=1))
 
 
-@torch.no_grad()
-def warp_slices(field: torch.Tensor, shift_px: torch.Tensor) -> torch.Tensor:
-    """Slices (S, H, W) resampled at ``r + shift(r)``: content moves by ``-shift``.
+def _shift_crop(crop: np.ndarray, shift: np.ndarray) -> np.ndarray:
+    """Fourier shift of (S, h, w) by (S, 2) (dy, dx) px (content moves by +shift)."""
+    h, w = crop.shape[-2:]
+    fy = np.fft.fftfreq(h)[None, :, None]
+    fx = np.fft.fftfreq(w)[None, None, :]
+    ramp = np.exp(-2j * np.pi * (fy * shift[:, 0, None, None] + fx * shift[:, 1, None, None]))
+    return np.real(np.fft.ifft2(np.fft.fft2(crop) * ramp))
 
-    ``shift_px`` is (S, H, W, 2) (dy, dx) in pixels. Bicubic interpolation,
-    edges extended.
+
+def warp_slices(field: np.ndarray, shift: np.ndarray, delta: float = 0.25, pad: int = 16) -> np.ndarray:
+    """Slices shifted by a smooth, spatially varying amount: the content at r moves by ``shift(r)``.
+
+    No interpolating resampler is used (one would blur the object a little on
+    every call). Per slice, the shift's departure from its mean is
+    quantised into levels ``delta`` px apart; the slice is Fourier-shifted
+    (sub-pixel, exact) by the mean plus each level it needs, over the pixels
+    that need it (widened by ``pad``), and every pixel takes the bilinear
+    blend of its four nearest levels. A uniform shift is an exact Fourier
+    shift; elsewhere the blend of copies ``delta`` apart blurs by at most
+    ``delta / 2`` px RMS.
+
+    Parameters
+    ----------
+    field
+        (S, H, W) real slices.
+    shift
+        (S, H, W, 2) shifts (dy, dx) in px.
     """
     s, h, w = field.shape
-    iy = torch.arange(h, dtype=torch.float64, device=field.device)
-    ix = torch.arange(w, dtype=torch.float64, device=field.device)
-    gy, gx = torch.meshgrid(iy, ix, indexing="ij")
-    sy = (gy[None] + shift_px[..., 0].to(gy)) * (2.0 / max(h - 1, 1)) - 1
-    sx = (gx[None] + shift_px[..., 1].to(gx)) * (2.0 / max(w - 1, 1)) - 1
-    grid = torch.stack([sx, sy], dim=-1).to(field.dtype)
-    out = torch.nn.functional.grid_sample(
-        field[:, None], grid, mode="bicubic", padding_mode="border", align_corners=True
-    )
-    return out[:, 0]
+    out = np.zeros(field.shape, dtype=np.float64)
+    for sl in range(s):
+        d = shift[sl]
+        mean = d.reshape(-1, 2).mean(axis=0)
+        u = (d - mean) / delta
+        base = np.floor(u).astype(np.int64)
+        frac = u - base
+        if np.abs(u).max() < 1e-9:
+            base[:] = 0
+            frac[:] = 0
+        # the four nearest levels of every pixel and their bilinear weights
+        ky = np.stack([base[..., 0] + a for a in (0, 0, 1, 1)]).reshape(4, -1)
+        kx = np.stack([base[..., 1] + b for b in (0, 1, 0, 1)]).reshape(4, -1)
+        fy, fx = frac[..., 0].ravel(), frac[..., 1].ravel()
+        wgt = np.stack([(1 - fy) * (1 - fx), (1 - fy) * fx, fy * (1 - fx), fy * fx])
+        pixel = np.broadcast_to(np.arange(h * w), (4, h * w))
+        used = wgt > 0
+        ky, kx, wgt, pixel = ky[used], kx[used], wgt[used], pixel[used]
+        span = int(kx.max() - kx.min()) + 1
+        code = (ky - ky.min()) * span + (kx - kx.min())
+        order = np.argsort(code, kind="stable")
+        code, ky, kx, wgt, pixel = code[order], ky[order], kx[order], wgt[order], pixel[order]
+        bounds = np.flatnonzero(np.diff(code)) + 1
+        reach = int(np.ceil(np.abs(d).max())) + pad
+        for group in np.split(np.arange(code.size), bounds):
+            rows, cols = np.divmod(pixel[group], w)
+            r0, r1 = max(0, rows.min() - reach), min(h, rows.max() + 1 + reach)
+            c0, c1 = max(0, cols.min() - reach), min(w, cols.max() + 1 + reach)
+            wk = np.zeros((r1 - r0, c1 - c0))
+            np.add.at(wk, (rows - r0, cols - c0), wgt[group])
+            amount = mean + delta * np.array([ky[group[0]], kx[group[0]]], dtype=np.float64)
+            crop = np.asarray(field[sl, r0:r1, c0:c1], dtype=np.float64)[None]
+            shifted = _shift_crop(crop, amount[None])[0] if np.any(amount != 0) else crop[0]
+            out[sl, r0:r1, c0:c1] += wk * shifted
+    return out
 
 
 @torch.no_grad()
@@ -530,16 +574,20 @@ def move_local_drift_into_tilt(state, window: int, config, measure: bool = True)
     if grid.undetermined.all():
         return np.zeros(2)
     new = regularize(target, grid.shape, config.tilt_map_smoothness, config.tilt_map_regularizer, confidence)
-    change_tan = np.tan(new * 1e-3) - np.tan(old * 1e-3)
+    change_tan = np.tan(new * 1e-3) - np.tan(old * 1e-3)  # (K, (x, y))
     state.tilt_grid.copy_(torch.as_tensor(new, dtype=state.tilt_grid.dtype))
     refresh_position_tilts(state)
-    pixel = _pixel_field(state, grid, change_tan) / state.sampling  # px per Å, (x, y)
     depths = np.arange(state.num_slices) * state.dz
-    if np.abs(pixel).max() * depths[-1] > 1e-4:
-        shift = depths[:, None, None, None] * pixel[None, ..., ::-1]  # (S, H, W, (y, x))
-        shift_t = torch.as_tensor(np.ascontiguousarray(shift), device=state.phase.device)
-        state.phase.copy_(warp_slices(state.phase.detach(), shift_t))
-        state.amplitude.copy_(warp_slices(state.amplitude.detach(), shift_t))
+    # content of slice s moves by -z_s * change (px): the drift taken up by the tilt
+    index, weight = _pixel_weights(state, grid)
+    h, w = state.phase.shape[-2:]
+    pixel = (change_tan[index] * weight[..., None]).sum(axis=1).reshape(h, w, 2)[..., ::-1] / state.sampling
+    shift = -depths[:, None, None, None] * pixel[None]  # (S, H, W, (y, x)) px
+    if np.abs(shift).max() > 1e-4:
+        for name in ("phase", "amplitude"):
+            tensor = getattr(state, name)
+            warped = warp_slices(tensor.detach().cpu().numpy(), shift)
+            tensor.copy_(torch.as_tensor(warped, dtype=tensor.dtype))
     return (new - old).mean(axis=0)
 
 
