@@ -251,12 +251,13 @@ def case_dose(args, states: Path) -> dict:
 def case_grains(args, states: Path) -> dict:
     from app_extension.simulate import simulate_tilt_field, two_grains
 
-    extent, vacuum, tilt = (24.0, 24.0), 6.0, 28.0
+    # two grains of 11 x 22 Å, 5 Å of vacuum around; the boundary (x = 18 Å) lies between control points
+    extent, vacuum, tilt, boundary = (32.0, 32.0), 5.0, 28.0, 2.0
     t0 = time.perf_counter()
     ds = simulate_tilt_field(
-        two_grains(tilt=tilt, extent=extent, vacuum=vacuum),
+        two_grains(tilt=tilt, boundary=boundary, extent=extent, vacuum=vacuum),
         unit_cells_z=12,
-        scan_shape=(25, 25),
+        scan_shape=(33, 33),
         scan_step=1.0,
     )
     simulate_s = time.perf_counter() - t0
@@ -269,7 +270,7 @@ def case_grains(args, states: Path) -> dict:
     )
     state, info = solve(ds.data, ds.geometry, config, "grains_map", states)
     info["simulate_s"] = simulate_s
-    info["boundary"] = boundary_width(state, ds.geometry, extent[1] / 2, tilt)
+    info["boundary"] = boundary_width(state, ds.geometry, extent[1] / 2 + boundary, tilt)
     grid = state.tilt_field
     nodes = grid.nodes()
     in_vacuum = np.any((nodes < vacuum - 2.0) | (nodes > np.array(extent) - vacuum + 2.0), axis=1)
