@@ -36,7 +36,14 @@ from app_extension.solver.state import ReconstructionState
 from app_extension.solver.tilt_field import measure_local_drift, position_undetermined, uniformity
 
 HERE = Path(__file__).resolve().parent
-DATA = HERE.parent.parent / "shared" / "data"
+DATA = next(
+    (
+        p
+        for p in (HERE.parent.parent / "shared" / "data", HERE.parent.parent.parent / "shared" / "data")
+        if p.is_dir()
+    ),
+    HERE.parent.parent / "shared" / "data",
+)
 BENT_SPAN = 12.1055  # Å, first to last scan row
 
 
