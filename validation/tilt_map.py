@@ -311,6 +311,62 @@ def case_cost(args, states: Path) -> dict:
     return {"cost": out}
 
 
+def figures(out: Path, states: Path) -> None:
+    """theta_y along y (truth, map, map at dose, global APP) and the map pictures, from the saved states."""
+    from matplotlib.figure import Figure
+
+    from app_extension.report import draw_tilt_map
+    from app_extension.results import tilt_map_to_signal
+
+    def load(name):
+        path = states / f"{name}.h5"
+        if not path.exists():
+            return None, None
+        state, extra = ReconstructionState.load(path, with_extra=True)
+        g = extra["geometry"]
+        return state, Geometry(
+            energy=g["energy"],
+            semiangle=g["semiangle"],
+            reciprocal_sampling=g["reciprocal_sampling"],
+            scan_positions=np.asarray(g["scan_positions"]),
+            defocus=g["defocus"],
+        )
+
+    fig = Figure(figsize=(6, 4), layout="constrained")
+    ax = fig.subplots()
+    bent, geometry = load("bent_map")
+    if bent is not None:
+        y = geometry.scan_positions[:, 0].reshape(32, 32)[:, 0]
+        ax.plot(y, bent_truth(geometry.scan_positions)[:, 1].reshape(32, 32)[:, 0], "k--", label="true θy")
+        for name, style, label in (
+            ("bent_map", "C0o-", "tilt map"),
+            ("dose_map", "C1s-", "tilt map, 2e4 e/Å²"),
+        ):
+            state, _ = load(name)
+            if state is None:
+                continue
+            ty = state.tilt_mrad[:, 1].reshape(32, 32)
+            ax.errorbar(y, ty.mean(axis=1), yerr=ty.std(axis=1), fmt=style, ms=3, lw=1, label=label)
+        glob, _ = load("bent_global")
+        if glob is not None:
+            ax.axhline(
+                glob.tilt_mrad[1], color="C2", lw=1.5, label=f"global APP θy = {glob.tilt_mrad[1]:.2f}"
+            )
+    ax.set_xlabel("scan y (Å)")
+    ax.set_ylabel("θy (mrad), mean ± spread over x")
+    ax.set_title("sto_bent_y.h5: θy along y")
+    ax.legend(fontsize=8)
+    fig.savefig(out / "tilt_map_profile.png", dpi=80)
+
+    for name, shape in (("bent_map", (32, 32)), ("grains_map", (33, 33)), ("uniform_map", (32, 32))):
+        state, geometry = load(name)
+        if state is None:
+            continue
+        fig = Figure(figsize=(5, 4.2), layout="constrained")
+        draw_tilt_map(fig.subplots(), tilt_map_to_signal(state, geometry, scan_shape=shape))
+        fig.savefig(out / f"tilt_map_{name.replace('_map', '')}.png", dpi=80)
+
+
 CASES = {
     "bent": case_bent,
     "uniform": case_uniform,
@@ -324,7 +380,8 @@ def main(argv=None):
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--cases", nargs="+", default=list(CASES), choices=list(CASES))
+    parser.add_argument("--cases", nargs="*", default=list(CASES), choices=list(CASES))
+    parser.add_argument("--no-figures", action="store_true")
     parser.add_argument("--iterations", type=int, default=30)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--out", default=str(HERE / "results"))
@@ -340,6 +397,8 @@ def main(argv=None):
     for case in args.cases:
         results.update(CASES[case](args, states))
         path.write_text(json.dumps(results, indent=1))
+    if not args.no_figures:
+        figures(out, states)
 
 
 if __name__ == "__main__":
