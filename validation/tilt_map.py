@@ -244,7 +244,7 @@ def case_dose(args, states: Path) -> dict:
     electrons = 2e4 * 0.3905**2  # 3050 per pattern
     rng = np.random.default_rng(0)
     counts = rng.poisson(data.astype(np.float64) * (electrons / 0.995)).astype(np.float32)
-    config = SolverConfig(iterations=args.iterations, tilt_map=True, loss="poisson")
+    config = SolverConfig(iterations=args.iterations, tilt_map=True)  # the amplitude loss (Eq. 1)
     state, info = solve(counts, geometry, config, "dose_map", states)
     info["electrons_per_pattern"] = electrons
     info["thickness_error"] = state.thickness / 101.53 - 1
