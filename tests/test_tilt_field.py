@@ -187,7 +187,7 @@ def test_regularizers():
 
 def test_warp_uniform_is_a_fourier_shift_and_ramp_is_smooth():
     rng = np.random.default_rng(0)
-    field = rng.normal(size=(2, 40, 48))
+    field = rng.normal(size=(2, 40, 47 + 1))
     shift = np.zeros((2, 40, 48, 2))
     shift[0] = (0.3, -0.7)
     shift[1] = (1.2, 0.4)
@@ -213,3 +213,16 @@ def test_vacuum_is_undetermined():
     left = nodes[:, 1] < xs[state.phase.shape[-1] // 2] - 3.0
     assert found["undetermined"][left].all()
     assert not found["undetermined"][nodes[:, 1] > xs[state.phase.shape[-1] // 2] + 3.0].any()
+
+
+def test_factorised_propagators_equal_eq3():
+    from app_extension.physics.optics import fourier_grid
+    from app_extension.physics.propagator import propagator
+    from app_extension.physics.tilted_propagators import tilted_propagators
+
+    ky, kx = fourier_grid((24, 20), 0.2)
+    tilt = torch.tensor([[3.0, -5.0], [-20.0, 8.0], [0.0, 0.0]])
+    dz = torch.tensor(17.0)
+    torch.testing.assert_close(
+        tilted_propagators(ky, kx, 0.0197, dz, tilt), propagator(ky, kx, 0.0197, dz, tilt), atol=2e-5, rtol=0
+    )

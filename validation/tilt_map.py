@@ -177,20 +177,31 @@ def residual_local_tilt(state: ReconstructionState, window: int) -> dict:
     return {"theta_x": slope[:, 0].reshape(3, 3).tolist(), "theta_y": slope[:, 1].reshape(3, 3).tolist()}
 
 
-def boundary_width(state: ReconstructionState, geometry: Geometry, boundary_x: float, tilt: float) -> dict:
-    """10-90 % width (Å) of the theta_x step across the grain boundary, from the map at the positions."""
+def boundary_width(
+    state: ReconstructionState, geometry: Geometry, boundary_x: float, tilt: float, rows: tuple[float, float]
+) -> dict:
+    """10-90 % width (Å) of the theta_x step across the grain boundary, from the map at the positions.
+
+    The profile is the mean over the scan rows with y in ``rows`` (inside the grains, clear of the vacuum).
+    """
     est = state.tilt_mrad[:, 0]
-    ok = ~position_undetermined(state)
+    y = geometry.scan_positions[:, 0]
+    ok = ~position_undetermined(state) & (y >= rows[0]) & (y <= rows[1])
     x = geometry.scan_positions[:, 1]
     xs = np.unique(np.round(x[ok], 6))
     profile = np.array([est[ok & (np.abs(x - v) < 1e-6)].mean() for v in xs])
-    # the profile falls from +tilt to -tilt: where it crosses 80 % and -80 % of the step's half height
-    hi, lo = 0.8 * tilt, -0.8 * tilt
-    fine = np.linspace(xs[0], xs[-1], 2001)
-    p = np.interp(fine, xs, profile)
+    # the step's own plateaus (medians over the grains, 3 Å clear of the boundary and the vacuum), and
+    # the distance over which the profile falls from 90 % to 10 % of the step between them
+    left = profile[(xs < boundary_x - 3.0) & (xs > rows[0])]
+    right = profile[(xs > boundary_x + 3.0) & (xs < 2 * boundary_x - rows[0])]
+    top, bottom = float(np.median(left)), float(np.median(right))
+    near = np.abs(xs - boundary_x) <= 6.0
+    fine = np.linspace(xs[near][0], xs[near][-1], 4001)
+    p = np.interp(fine, xs[near], profile[near])
+    level = (p - bottom) / (top - bottom)
     try:
-        x_hi = fine[np.flatnonzero(p >= hi)[-1]]
-        x_lo = fine[np.flatnonzero(p <= lo)[0]]
+        x_hi = fine[np.flatnonzero(level >= 0.9)[-1]]
+        x_lo = fine[np.flatnonzero(level <= 0.1)[0]]
         width = float(x_lo - x_hi)
     except IndexError:
         width = None
@@ -198,6 +209,7 @@ def boundary_width(state: ReconstructionState, geometry: Geometry, boundary_x: f
         "x_A": xs.tolist(),
         "theta_x_mrad": profile.tolist(),
         "width_10_90_A": width,
+        "plateaus_mrad": [top, bottom],
         "boundary_x_A": boundary_x,
     }
 
@@ -277,7 +289,9 @@ def case_grains(args, states: Path) -> dict:
     )
     state, info = solve(ds.data, ds.geometry, config, "grains_map", states)
     info["simulate_s"] = simulate_s
-    info["boundary"] = boundary_width(state, ds.geometry, extent[1] / 2 + boundary, tilt)
+    info["boundary"] = boundary_width(
+        state, ds.geometry, extent[1] / 2 + boundary, tilt, (vacuum + 2.0, extent[0] - vacuum - 2.0)
+    )
     grid = state.tilt_field
     nodes = grid.nodes()
     in_vacuum = np.any((nodes < vacuum - 2.0) | (nodes > np.array(extent) - vacuum + 2.0), axis=1)

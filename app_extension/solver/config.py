@@ -161,9 +161,10 @@ class SolverConfig:
         high=1e6,
     )
     tilt_map_vacuum: float = option(
-        0.2,
+        0.3,
         "Tilt map: control points whose phase contrast is below this fraction of the object's (90th "
-        "percentile) are marked undetermined (vacuum): not learned, NaN in the map.",
+        "percentile) are marked undetermined (vacuum): not learned, NaN in the map. (Reconstructed vacuum "
+        "shows about a quarter of a thin crystal's contrast.)",
         low=0,
         high=1,
     )

@@ -26,6 +26,7 @@ import torch
 
 from ..physics.multislice import forward
 from ..physics.propagator import propagator
+from ..physics.tilted_propagators import tilted_propagators
 from .alignment import fit_drift, fourier_shift, slice_shifts
 from .config import SolverConfig
 from .constraints import clamp_amplitude, orthogonalize_probe, smooth_depth
@@ -43,6 +44,7 @@ __all__ = [
     "gradient_step",
     "check_divergence",
     "thickness_step",
+    "tilt_field_step",
     "drift_to_tilt",
     "move_drift_into_tilt",
     "apply_constraints",
@@ -196,10 +198,11 @@ def batch_propagator(run: Run, batch: torch.Tensor) -> torch.Tensor:
     if state.has_tilt_map:
         if run.map_active:
             index, weight = state.tilt_weights()
-            tilt_arg = interpolate(state.tilt_grid, index[batch], weight[batch])
-        else:
-            tilt_arg = state.tilt_grid.mean(dim=0)
-        return propagator(run.ky, run.kx, state.wavelength, state.slice_thickness, tilt_arg)
+            tilt = interpolate(state.tilt_grid, index[batch], weight[batch])
+            return tilted_propagators(run.ky, run.kx, state.wavelength, state.slice_thickness, tilt)
+        return propagator(
+            run.ky, run.kx, state.wavelength, state.slice_thickness, state.tilt_grid.mean(dim=0)
+        )
     tilt = state.tilt if state.tilt.shape[0] == 1 else state.tilt[batch]
     tilt_arg = tilt[0] if tilt.shape[0] == 1 else tilt
     if run.config.learns_geometry or bool(torch.any(state.tilt != 0)):

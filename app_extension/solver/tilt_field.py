@@ -419,7 +419,7 @@ def _node_windows(state, grid: TiltGrid, window: int) -> list[tuple[slice, slice
     return out
 
 
-def measure_local_drift(state, grid: TiltGrid, window: int, vacuum: float = 0.2) -> dict:
+def measure_local_drift(state, grid: TiltGrid, window: int, vacuum: float = 0.3) -> dict:
     """The slices' drift with depth around every control point.
 
     Returns
@@ -451,7 +451,7 @@ def measure_local_drift(state, grid: TiltGrid, window: int, vacuum: float = 0.2)
             continue
         sub = phase[(slice(None), *box)]
         steps = [np.zeros(2)] + [
-            register_shift(sub[j - 1], sub[j], upsample=50, refine=1) for j in range(1, s)
+            register_shift(sub[j - 1], sub[j], upsample=20, refine=1) for j in range(1, s)
         ]
         shifts = np.cumsum(np.array(steps), axis=0)
         fit = fit_drift(shifts, depths)  # px per Å, (y, x)
@@ -473,11 +473,21 @@ def _pixel_weights(state, grid: TiltGrid) -> tuple[np.ndarray, np.ndarray]:
 
 def _shift_crop(crop: np.ndarray, shift: np.ndarray) -> np.ndarray:
     """Fourier shift of (S, h, w) by (S, 2) (dy, dx) px (content moves by +shift)."""
+    import scipy.fft
+
     h, w = crop.shape[-2:]
     fy = np.fft.fftfreq(h)[None, :, None]
-    fx = np.fft.fftfreq(w)[None, None, :]
+    fx = np.fft.rfftfreq(w)[None, None, :]
     ramp = np.exp(-2j * np.pi * (fy * shift[:, 0, None, None] + fx * shift[:, 1, None, None]))
-    return np.real(np.fft.ifft2(np.fft.fft2(crop) * ramp))
+    # Nyquist row/column: the symmetrised ramp, so that the result equals the real part of a full FFT shift
+    dy, dx = shift[:, 0, None], shift[:, 1, None]
+    if h % 2 == 0:
+        ramp[:, h // 2, :] = np.cos(np.pi * dy) * np.exp(-2j * np.pi * fx[0] * dx)
+    if w % 2 == 0:
+        ramp[..., -1] = np.exp(-2j * np.pi * fy[..., 0] * dy) * np.cos(np.pi * dx)
+        if h % 2 == 0:
+            ramp[:, h // 2, -1] = np.cos(np.pi * (dy + dx))[:, 0]
+    return scipy.fft.irfft2(scipy.fft.rfft2(crop) * ramp, s=(h, w))
 
 
 def warp_slices(field: np.ndarray, shift: np.ndarray, delta: float = 0.25, pad: int = 16) -> np.ndarray:
