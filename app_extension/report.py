@@ -3,7 +3,8 @@
 :func:`summary_figure` draws, from a result signal (as returned by
 ``s.ptycho_app()`` or read back from .hspy/.zspy): the phase averaged over the
 slices (for FPP, the post-aligned average), the probe intensity, and the tilt
-and slice thickness against iteration. It uses a bare matplotlib ``Figure``,
+and slice thickness against iteration, and for a tilt-map run the map
+(:func:`draw_tilt_map`). It uses a bare matplotlib ``Figure``,
 so it works without a display and never opens a window.
 """
 
@@ -13,7 +14,7 @@ import os
 
 import numpy as np
 
-__all__ = ["summary_figure", "save_summary", "averaged_phase"]
+__all__ = ["summary_figure", "save_summary", "averaged_phase", "draw_tilt_map"]
 
 _NODE = "Signal.Ptychography"
 
@@ -55,6 +56,63 @@ def _extent(signal_axes) -> list[float] | None:
     return [x.low_value, x.high_value, y.high_value, y.low_value]
 
 
+def draw_tilt_map(ax, tilt_map, colorbar: bool = True):
+    """Draw a tilt map signal: colour for the magnitude, arrows for the direction.
+
+    Parameters
+    ----------
+    ax
+        A matplotlib Axes.
+    tilt_map
+        The signal of :func:`app_extension.results.tilt_map_to_signal`
+        (``metadata.Signal.Ptychography.tilt_map``): (theta_x, theta_y) in
+        mrad over the scan. Undetermined points (NaN) are left blank.
+    """
+    data = np.asarray(tilt_map.data, dtype=np.float64)
+    tx, ty = data[0], data[1]
+    magnitude = np.hypot(tx, ty)
+    ax_x, ax_y = tilt_map.axes_manager.signal_axes[0], tilt_map.axes_manager.signal_axes[1]
+    xs = ax_x.offset + ax_x.scale * np.arange(ax_x.size)
+    ys = ax_y.offset + ax_y.scale * np.arange(ax_y.size)
+    extent = [
+        xs[0] - ax_x.scale / 2,
+        xs[-1] + ax_x.scale / 2,
+        ys[-1] + ax_y.scale / 2,
+        ys[0] - ax_y.scale / 2,
+    ]
+    image = ax.imshow(magnitude, cmap="viridis", extent=extent, interpolation="nearest")
+    if colorbar:
+        ax.figure.colorbar(image, ax=ax, label="|tilt| (mrad)")
+    step = max(1, int(round(max(tx.shape) / 12)))
+    yy, xx = np.meshgrid(ys[::step], xs[::step], indexing="ij")
+    u, v = tx[::step, ::step], ty[::step, ::step]
+    scale = np.nanmax(np.hypot(u, v)) if np.isfinite(u).any() else 1.0
+    # y grows downward in the image, as the scan's y axis does: arrows point where the columns lean
+    ax.quiver(
+        xx,
+        yy,
+        u,
+        v,
+        color="white",
+        angles="xy",
+        scale_units="xy",
+        scale=max(scale, 1e-9) / (0.9 * step * max(ax_x.scale, ax_y.scale)),
+        width=0.006,
+    )
+    md = tilt_map.metadata
+    note = ""
+    if md.has_item("Tilt_map.global_tilt"):
+        g = np.asarray(md.Tilt_map.global_tilt, dtype=np.float64)
+        note = f"global tilt ({g[0]:.2f}, {g[1]:.2f}) mrad"
+    if md.has_item("Tilt_map.non_uniform"):
+        flag = "non-uniform: map needed" if md.Tilt_map.non_uniform else "uniform: global tilt enough"
+        note += f"; {flag}"
+    ax.set_title("tilt map (colour |tilt|, arrows direction)\n" + note, fontsize=9)
+    ax.set_xlabel(f"x ({ax_x.units})")
+    ax.set_ylabel(f"y ({ax_y.units})")
+    return image
+
+
 def summary_figure(result, truth: dict | None = None):
     """A matplotlib Figure summarising a result signal.
 
@@ -69,8 +127,9 @@ def summary_figure(result, truth: dict | None = None):
     from matplotlib.figure import Figure
 
     node = result.metadata.get_item(_NODE) if result.metadata.has_item(_NODE) else None
-    fig = Figure(figsize=(11, 8.5), layout="constrained")
-    axes = fig.subplots(2, 2)
+    has_map = node is not None and node.has_item("tilt_map") and hasattr(node.tilt_map, "axes_manager")
+    fig = Figure(figsize=(11, 12.5 if has_map else 8.5), layout="constrained")
+    axes = fig.subplots(3 if has_map else 2, 2)
     method = str(node.method) if node is not None and node.has_item("method") else "Ptychography"
 
     ax = axes[0, 0]
@@ -137,6 +196,22 @@ def summary_figure(result, truth: dict | None = None):
     ax.set_xlabel("iteration")
     ax.set_ylabel("dz (Å)")
     ax.set_title("slice thickness")
+    if has_map:
+        draw_tilt_map(axes[2, 0], node.tilt_map)
+        ax = axes[2, 1]
+        ax.set_axis_off()
+        md = node.tilt_map.metadata
+        if md.has_item("Tilt_map.verdict"):
+            import textwrap
+
+            ax.text(
+                0,
+                1,
+                "\n".join(textwrap.wrap(str(md.Tilt_map.verdict), 55)),
+                va="top",
+                fontsize=10,
+                transform=ax.transAxes,
+            )
     _status_title(fig, node, method)
     return fig
 

@@ -38,6 +38,7 @@ __all__ = [
     "probe_to_signal",
     "history_to_signal",
     "post_alignment_to_metadata",
+    "tilt_map_to_signal",
     "signal_to_state",
     "config_from_result",
     "config_from_dict",
@@ -179,6 +180,79 @@ def post_alignment_to_metadata(post_alignment: dict, state: ReconstructionState)
     }
 
 
+def tilt_map_to_signal(
+    state: ReconstructionState, geometry: Geometry, scan_shape: tuple[int, int] | None = None
+) -> Signal2D:
+    """A tilt map as a calibrated signal over the scan.
+
+    Navigation axis ``component`` (0: theta_x, 1: theta_y), signal axes
+    ``x``, ``y`` in Å, the scan axes: offset 0 at the first position, scale
+    the scan step along each axis (as the input's navigation axes). Values
+    in mrad; NaN where the tilt is undetermined (empty object). Without a
+    ``scan_shape`` the map is given on the control grid instead (axes in Å
+    of the scan frame). ``metadata.Tilt_map`` holds the
+    global (mean) tilt, the control grid, and the uniformity test
+    (:func:`app_extension.solver.tilt_field.uniformity`): ``non_uniform``
+    tells whether the map was needed.
+    """
+    from .solver.tilt_field import position_undetermined, uniformity
+
+    field = state.tilt_field
+    positions = np.asarray(geometry.scan_positions, dtype=np.float64)
+    if scan_shape is not None and int(np.prod(scan_shape)) == positions.shape[0]:
+        ny, nx = (int(n) for n in scan_shape)
+        values = np.asarray(state.tilt_mrad, dtype=np.float64).copy()
+        values[position_undetermined(state)] = np.nan
+        grid = positions.reshape(ny, nx, 2)
+        step_x = float(np.linalg.norm(grid[0, 1] - grid[0, 0])) if nx > 1 else 1.0
+        step_y = float(np.linalg.norm(grid[1, 0] - grid[0, 0])) if ny > 1 else 1.0
+        data = values.reshape(ny, nx, 2).transpose(2, 0, 1)
+        offsets, steps, where = (0.0, 0.0), (step_y, step_x), "scan positions"
+    else:
+        ny, nx = field.shape
+        values = state.tilt_grid.detach().cpu().numpy().astype(np.float64).copy()
+        values[field.undetermined] = np.nan
+        data = values.reshape(ny, nx, 2).transpose(2, 0, 1)
+        offsets = field.origin
+        steps = tuple(s if s > 0 else 1.0 for s in field.spacing)
+        where = "control points"
+    axes = [{"name": "component", "units": "", "scale": 1.0, "offset": 0.0, "size": 2, "navigate": True}]
+    axes += [
+        {
+            "name": name,
+            "units": "Å",
+            "scale": float(step),
+            "offset": float(offset),
+            "size": int(size),
+            "navigate": False,
+        }
+        for name, size, step, offset in zip(("y", "x"), data.shape[1:], steps, offsets, strict=True)
+    ]
+    signal = Signal2D(data.astype(np.float32), axes=axes)
+    signal.metadata.General.title = "Tilt map"
+    signal.metadata.Signal.quantity = "Tilt (mrad)"
+    report = uniformity(state)
+    signal.metadata.set_item(
+        "Tilt_map",
+        {
+            "components": np.asarray(["theta_x", "theta_y"]),
+            "units": "mrad",
+            "sampled_at": where,
+            "global_tilt": np.asarray(report.get("mean", state.tilt_mrad.reshape(-1, 2).mean(axis=0))),
+            "grid_shape": np.asarray(field.shape),
+            "grid_origin": np.asarray(field.origin),
+            "grid_spacing": np.asarray(field.spacing),
+            "grid_spacing_units": "Å",
+            "undetermined_points": int(field.undetermined.sum()),
+            "non_uniform": bool(report["non_uniform"]),
+            "spread": float(report.get("spread_total", 0.0)),
+            "uncertainty": float(report.get("uncertainty_total", np.nan)),
+            "verdict": report["verdict"],
+        },
+    )
+    return signal
+
+
 def _geometry_metadata(geometry: Geometry) -> dict:
     return {
         "energy": float(geometry.energy),
@@ -243,8 +317,9 @@ def state_to_signal(
         ``tilt_y`` (mrad), ``slice_thickness``, ``thickness`` (Å),
         ``num_slices``, ``loss``, ``iterations``, ``status``, ``wavelength``,
         ``intensity_scale``, ``Parameters`` (the SolverConfig),
-        ``Geometry``, ``probe``, ``history``, ``tilt_map`` (per-position
-        tilts, tilt-map runs only) and ``Post_alignment`` (FPP only).
+        ``Geometry``, ``probe``, ``history``, ``tilt_map`` (tilt-map runs
+        only: a signal over the scan, see :func:`tilt_map_to_signal`) and
+        ``Post_alignment`` (FPP only).
     """
     obj = state.object
     method = config.mode.upper()
@@ -293,8 +368,8 @@ def state_to_signal(
     }
     if scan_shape is not None:
         info["scan_shape"] = [int(v) for v in scan_shape]
-    if tilt.ndim == 2:
-        info["tilt_map"] = tilt
+    if state.has_tilt_map:
+        info["tilt_map"] = tilt_map_to_signal(state, geometry, scan_shape)
     # The complex object keeps the phase modulo 2 pi; the whole turns let a
     # continued run start from exactly the solver's (unwrapped) phase.
     phase = state.phase.detach().cpu().numpy()

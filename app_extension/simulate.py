@@ -12,6 +12,7 @@ abTEM for quantitative simulations.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -22,7 +23,7 @@ from .physics.optics import electron_wavelength, fourier_grid, make_probe
 from .physics.propagator import propagator
 from .solver.config import Geometry
 
-__all__ = ["SimulatedDataset", "simulate_tilted_crystal", "STO_LATTICE"]
+__all__ = ["SimulatedDataset", "simulate_tilted_crystal", "simulate_tilt_field", "two_grains", "STO_LATTICE"]
 
 STO_LATTICE = 3.905  # Å
 
@@ -222,3 +223,174 @@ def simulate_tilted_crystal(
         scan_step=float(scan_step),
         columns=columns,
     )
+
+
+def simulate_tilt_field(
+    tilt_field: Callable[[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]],
+    unit_cells_z: int = 12,
+    scan_shape: tuple[int, int] = (12, 12),
+    scan_step: float = 1.0,
+    pattern_size: int = 48,
+    reciprocal_sampling: float = 0.1,
+    energy: float = 300e3,
+    semiangle: float = 22.0,
+    defocus: float = 50.0,
+    dose: float | None = None,
+    seed: int = 0,
+    batch_size: int = 64,
+) -> SimulatedDataset:
+    """Simulate SrTiO3 [001] whose tilt varies over the specimen (bent crystals, grains, vacuum).
+
+    Like :func:`simulate_tilted_crystal` (tilt in the atoms, fixed propagator,
+    a grid twice as fine as the reconstruction's), but every atom column
+    takes the tilt of its own site: an atom whose column enters at (y, x)
+    sits at depth ``d`` at ``(y + d tan(theta_y), x + d tan(theta_x))``.
+
+    Parameters
+    ----------
+    tilt_field
+        ``tilt_field(y, x) -> (theta_x, theta_y)``: arrays of the same shape,
+        mrad, for column sites (y, x) in Å in the scan frame (0 at the first
+        probe position); NaN means no atom there (vacuum).
+    unit_cells_z, scan_shape, scan_step, pattern_size, reciprocal_sampling, energy, semiangle, defocus,
+    dose, seed, batch_size
+        As for :func:`simulate_tilted_crystal`.
+
+    Returns
+    -------
+    SimulatedDataset
+        ``tilt`` is the mean tilt over the probe positions; ``columns`` the
+        column sites (entrance plane) that hold atoms.
+    """
+    a = STO_LATTICE
+    fine = 2 * pattern_size
+    sampling = 1.0 / (fine * reciprocal_sampling)
+    window = fine * sampling
+    positions = Geometry.raster(scan_shape, scan_step) + a / 4
+    origin = positions[0]
+    thickness = unit_cells_z * a
+    lo = positions.min(axis=0) - window / 2 - 2 * a
+    hi = positions.max(axis=0) + window / 2 + 2 * a
+    gy = np.arange(lo[0], hi[0], sampling)
+    gx = np.arange(lo[1], hi[1], sampling)
+    # Column sites cover the field and the shear's reach (up to 0.1 rad here).
+    reach = thickness * 0.1
+    cells_y = np.arange(np.floor((gy[0] - reach) / a) - 1, np.ceil((gy[-1] + reach) / a) + 2)
+    cells_x = np.arange(np.floor((gx[0] - reach) / a) - 1, np.ceil((gx[-1] + reach) / a) + 2)
+    cy, cx = np.meshgrid(cells_y, cells_x, indexing="ij")
+    planes = []
+    for p in range(2 * unit_cells_z):
+        depth = p * a / 2
+        sites, peaks = [], []
+        for name, fx, fy in _PLANES[p % 2]:
+            y0 = (cy + fy).ravel() * a
+            x0 = (cx + fx).ravel() * a
+            tx, ty = (np.asarray(t, dtype=np.float64) for t in tilt_field(y0 - origin[0], x0 - origin[1]))
+            keep = np.isfinite(tx) & np.isfinite(ty)
+            ys = y0[keep] + depth * np.tan(ty[keep] * 1e-3)
+            xs = x0[keep] + depth * np.tan(tx[keep] * 1e-3)
+            sites.append(np.stack([ys, xs], axis=1))
+            peaks.append(np.full(ys.size, _ATOM_PHASE[name]))
+        planes.append(_gaussians(gy, gx, np.concatenate(sites), np.concatenate(peaks), _ATOM_WIDTH))
+    phase = torch.as_tensor(np.array(planes), dtype=torch.float32)
+    trans = torch.polar(torch.ones_like(phase), phase)
+
+    wavelength = electron_wavelength(energy)
+    probe = make_probe((fine, fine), sampling, energy, semiangle, defocus, intensity=1.0)[None]
+    ky, kx = fourier_grid((fine, fine), sampling)
+    prop = propagator(ky, kx, wavelength, a / 2)
+    corners = (positions - np.array([gy[0], gx[0]]) - window / 2) / sampling
+    start = fine // 2 - pattern_size // 2
+    out = np.empty((positions.shape[0], pattern_size, pattern_size), dtype=np.float32)
+    rows = torch.arange(fine)
+    for b0 in range(0, positions.shape[0], batch_size):
+        c = torch.as_tensor(corners[b0 : b0 + batch_size])
+        ci = torch.floor(c).long()
+        probes = shift_probes(probe, (c - ci).float())
+        r = ci[:, 0, None] + rows[None]
+        q = ci[:, 1, None] + rows[None]
+        patches = trans[:, r[:, :, None], q[:, None, :]]
+        intensity = farfield_intensity(multislice(probes, patches, prop))
+        shifted = torch.fft.fftshift(intensity, dim=(-2, -1))
+        out[b0 : b0 + batch_size] = shifted[
+            :, start : start + pattern_size, start : start + pattern_size
+        ].numpy()
+    if dose is not None:
+        rng = np.random.default_rng(seed)
+        out = rng.poisson(out * dose * scan_step**2).astype(np.float32)
+    data = out.reshape(*scan_shape, pattern_size, pattern_size)
+
+    columns = {}
+    extent = positions.max(axis=0) - origin
+    for name, sites_frac in (("Sr", [(0.0, 0.0)]), ("TiO", [(0.5, 0.5)]), ("O", [(0.5, 0.0), (0.0, 0.5)])):
+        pts = (
+            np.concatenate(
+                [np.stack([(cy + fy).ravel() * a, (cx + fx).ravel() * a], axis=1) for fx, fy in sites_frac]
+            )
+            - origin
+        )
+        tx, ty = tilt_field(pts[:, 0], pts[:, 1])
+        keep = np.all((pts >= -1e-9) & (pts <= extent + 1e-9), axis=1) & np.isfinite(tx) & np.isfinite(ty)
+        columns[name] = pts[keep]
+    scan = positions - origin
+    tx, ty = (np.asarray(t, dtype=np.float64) for t in tilt_field(scan[:, 0], scan[:, 1]))
+    inside = np.isfinite(tx) & np.isfinite(ty)
+    mean_tilt = (float(tx[inside].mean()), float(ty[inside].mean())) if inside.any() else (0.0, 0.0)
+    geometry = Geometry(
+        energy=energy,
+        semiangle=semiangle,
+        reciprocal_sampling=reciprocal_sampling,
+        scan_positions=scan,
+        defocus=defocus,
+    )
+    return SimulatedDataset(
+        data=data,
+        geometry=geometry,
+        tilt=mean_tilt,
+        thickness=float(thickness),
+        scan_step=float(scan_step),
+        columns=columns,
+    )
+
+
+def two_grains(
+    tilt: float = 28.0,
+    boundary: float = 0.0,
+    extent: tuple[float, float] = (20.0, 20.0),
+    vacuum: float = 4.0,
+    axis: str = "x",
+):
+    """A tilt field of two grains for :func:`simulate_tilt_field`.
+
+    Parameters
+    ----------
+    tilt
+        The grains lean by +tilt (x < boundary) and -tilt (x >= boundary)
+        along ``axis``, in mrad.
+    boundary
+        Position of the straight grain boundary along x, in Å from the
+        middle of ``extent``.
+    extent
+        (height, width) in Å of the scanned area; the grains fill it but for
+        a band of ``vacuum`` Å along every edge (NaN: no atoms).
+    axis
+        The tilt's direction, "x" (theta_x) or "y" (theta_y).
+
+    Returns
+    -------
+    callable
+        ``f(y, x) -> (theta_x, theta_y)`` in mrad.
+    """
+    height, width = extent
+    middle = width / 2 + boundary
+
+    def field(y, x):
+        y = np.asarray(y, dtype=np.float64)
+        x = np.asarray(x, dtype=np.float64)
+        value = np.where(x < middle, tilt, -tilt)
+        inside = (y >= vacuum) & (y <= height - vacuum) & (x >= vacuum) & (x <= width - vacuum)
+        value = np.where(inside, value, np.nan)
+        zero = np.where(inside, 0.0, np.nan)
+        return (value, zero) if axis == "x" else (zero, value)
+
+    return field

@@ -647,6 +647,18 @@ class AdaptivePropagatorPtychography(Custom):
         return self.state
 
     @property
+    def tilt_map(self):
+        """The tilt map (extended APP, ``tilt_map=True``) as a HyperSpy signal: (θx, θy) in mrad over the
+        scan axes, in this project's (the paper's) convention, with the uniformity verdict in its
+        metadata; None for a global-tilt run."""
+        from ..results import tilt_map_to_signal
+
+        state = self._need_state()
+        if not state.has_tilt_map:
+            return None
+        return tilt_map_to_signal(state, self._geometry, self._scan_shape)
+
+    @property
     def calibration_report(self) -> dict | None:
         """What the data-preparation stage found (optic axis, descan, rotation, transpose, bad pixels,
         defocus, astigmatism), or None when it was off."""

@@ -122,7 +122,56 @@ class SolverConfig:
         high=200,
     )
     tilt_map: bool = option(
-        False, "Learn one tilt per scan position (extended APP) instead of one global tilt.", kind="bool"
+        False,
+        "Extended APP: learn the tilt as a smooth field over the scan (control points interpolated to the "
+        "positions) instead of one global tilt.",
+        kind="bool",
+    )
+    tilt_map_resolution: float | None = option(
+        None,
+        "Tilt map: largest spacing of its control points, e.g. '2 nm'. None: the probe's diameter in the "
+        "specimen, at least 4 Å.",
+        unit="Å",
+        low=0,
+        open_low=True,
+        high=1e5,
+        allow_none=True,
+    )
+    tilt_map_grid: tuple[float, float] | None = option(
+        None,
+        "Tilt map: the control grid's shape (rows, cols) instead of a spacing, e.g. (4, 4).",
+        kind="pair",
+        low=1,
+        high=1e4,
+        allow_none=True,
+    )
+    tilt_map_start: int = option(
+        5,
+        "Tilt map: first iteration at which the tilt may vary over the scan; before it the map is held "
+        "uniform (global APP), so the map starts from the global solution.",
+        kind="int",
+        low=0,
+    )
+    tilt_map_regularizer: str = option(
+        "smooth",
+        "Tilt map: 'smooth' penalises curvature (linear bends cost nothing); 'tv' is total variation, "
+        "edge preserving (grains with sharp boundaries).",
+        kind="str",
+        choices=("smooth", "tv"),
+    )
+    tilt_map_smoothness: float = option(
+        1.0,
+        "Tilt map: weight of the regulariser against the local drift measurements (0: none).",
+        low=0,
+        high=1e6,
+    )
+    tilt_map_vacuum: float = option(
+        0.3,
+        "Tilt map: control points whose phase contrast is below this fraction of the object's (90th "
+        "percentile) are marked undetermined (vacuum): not learned, NaN in the map; reconstructed vacuum "
+        "shows about a quarter of a thin crystal's contrast.",
+        low=0,
+        high=1,
     )
     iterations: int = option(20, "Passes over all scan positions.", kind="int", low=0, high=1e6)
     batch_size: int = option(64, "Scan positions per gradient step.", kind="int", low=1, high=1e6)

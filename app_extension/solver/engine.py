@@ -41,6 +41,7 @@ from .data_checks import warn_about_patterns
 from .distributed import from_environment
 from .memory import preflight
 from .state import ReconstructionState
+from .tilt_field import make_tilt_grid
 
 __all__ = ["reconstruct", "initial_state"]
 
@@ -71,6 +72,17 @@ def initial_state(
     )
     probe = probe_modes(probe, config.probe_modes, seed=config.seed)
     ntilt = geometry.scan_positions.shape[0] if config.tilt_map else 1
+    field = grid = None
+    if config.tilt_map:  # the control grid is learned, the (P, 2) tilts are derived from it
+        field = make_tilt_grid(
+            geometry.scan_positions,
+            geometry.semiangle,
+            geometry.defocus,
+            s * config.slice_thickness,
+            spacing=config.tilt_map_resolution,
+            grid=config.tilt_map_grid,
+        )
+        grid = torch.tensor([config.tilt] * field.size, dtype=torch.float32)
     return ReconstructionState(
         phase=torch.zeros((s, height, width), dtype=torch.float32),
         amplitude=torch.ones((s, height, width), dtype=torch.float32),
@@ -81,6 +93,8 @@ def initial_state(
         sampling=sampling,
         origin=origin,
         wavelength=wavelength,
+        tilt_grid=grid,
+        tilt_field=field,
     ).to(device)
 
 
@@ -235,6 +249,8 @@ def reconstruct(
         getattr(state, name).requires_grad_(False)
     if state.positions is not None:
         state.positions.requires_grad_(False)
+    if state.has_tilt_map:
+        state.tilt_grid.requires_grad_(False)
     if config.mode == "fpp" and state.num_slices > 1:
         state.post_alignment = post_align(
             state.phase.cpu().numpy(),

@@ -20,6 +20,7 @@ import torch
 
 from .positions import PositionModel
 from .serialize import FORMAT, NotAStateError, read_h5, write_h5
+from .tilt_field import TiltGrid
 
 __all__ = ["ReconstructionState", "HISTORY_KEYS"]
 
@@ -38,7 +39,8 @@ class ReconstructionState:
     probe
         Probe modes, complex64 (M, N, N), centred in the window.
     tilt
-        (T, 2) tilt (theta_x, theta_y) in mrad; T = 1 (global) or P (tilt map).
+        (T, 2) tilt (theta_x, theta_y) in mrad; T = 1 (global) or P (tilt map:
+        the per-position tilts, derived from ``tilt_grid``, not learned).
     slice_thickness
         dz in Å (0-d tensor).
     window_corners
@@ -74,6 +76,12 @@ class ReconstructionState:
     positions
         The learned scan-position model (:class:`.positions.PositionModel`)
         once position refinement has started; ``window_corners`` follows it.
+    tilt_grid
+        Tilt map only: the learned control-point tilts (K, 2) mrad, row-major
+        on the grid ``tilt_field`` describes (see :mod:`.tilt_field`).
+    tilt_field
+        Tilt map only: the :class:`~.tilt_field.TiltGrid` (where the control
+        points sit, which are undetermined, their uncertainties).
     """
 
     phase: torch.Tensor
@@ -94,6 +102,8 @@ class ReconstructionState:
     lowest_loss: float = math.inf
     positions: PositionModel | None = None
     memory_estimate: dict | None = None
+    tilt_grid: torch.Tensor | None = None
+    tilt_field: TiltGrid | None = None
 
     _TENSORS = ("phase", "amplitude", "probe", "tilt", "slice_thickness", "window_corners")
 
@@ -113,6 +123,22 @@ class ReconstructionState:
         return t[0] if t.shape[0] == 1 else t
 
     @property
+    def has_tilt_map(self) -> bool:
+        """True when the tilt is a field over the scan (``tilt_grid``)."""
+        return self.tilt_grid is not None
+
+    def tilt_weights(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Bilinear (index, weight), (P, 4) each, from the control grid to the probe positions."""
+        key = (self.tilt_field.shape, self.tilt_field.origin, self.tilt_field.spacing, self.tilt.device)
+        cached = getattr(self, "_weights", None)
+        if cached is None or cached[0] != key:
+            index, weight = self.tilt_field.weights(self.probe_positions())
+            device = self.tilt.device
+            cached = (key, torch.as_tensor(index, device=device), torch.as_tensor(weight, device=device))
+            self._weights = cached
+        return cached[1], cached[2].to(self.tilt.dtype)
+
+    @property
     def dz(self) -> float:
         """Slice thickness in Å."""
         return float(self.slice_thickness.detach())
@@ -128,6 +154,8 @@ class ReconstructionState:
             setattr(self, name, getattr(self, name).detach().to(device))
         if self.positions is not None:
             self.positions = self.positions.to(device)
+        if self.tilt_grid is not None:
+            self.tilt_grid = self.tilt_grid.detach().to(device)
         return self
 
     def clone(self) -> ReconstructionState:
@@ -146,6 +174,8 @@ class ReconstructionState:
             lowest_loss=self.lowest_loss,
             positions=None if self.positions is None else self.positions.clone(),
             memory_estimate=copy.deepcopy(self.memory_estimate),
+            tilt_grid=None if self.tilt_grid is None else self.tilt_grid.detach().clone(),
+            tilt_field=None if self.tilt_field is None else self.tilt_field.copy(),
         )
 
     # -- the one serialised form ------------------------------------------------------------
@@ -173,6 +203,9 @@ class ReconstructionState:
             positions=None if self.positions is None else self.positions.to_tree(),
             memory_estimate=self.memory_estimate,
         )
+        if self.tilt_grid is not None:
+            d["tilt_grid"] = self.tilt_grid.detach().cpu().numpy()
+            d["tilt_field"] = self.tilt_field.to_tree()
         return {"format": FORMAT, "state": d, "extra": extra or {}}
 
     @classmethod
@@ -189,6 +222,9 @@ class ReconstructionState:
         d["optimizer"] = _optimizer_from_tree(d.get("optimizer"))
         if d.get("positions") is not None:
             d["positions"] = PositionModel.from_tree(d["positions"])
+        if d.get("tilt_grid") is not None:
+            d["tilt_grid"] = torch.as_tensor(np.array(d["tilt_grid"]))
+            d["tilt_field"] = TiltGrid.from_tree(d["tilt_field"])
         state = cls(**d)
         return (state, tree.get("extra", {})) if with_extra else state
 

@@ -9,8 +9,9 @@ One iteration of :func:`app_extension.solver.engine.reconstruct` is::
         loss = gradient_step(run, batch)        # forward, loss, backward, (all-reduce,) Adam, bounds
         check_divergence(run, loss, batch)
     thickness_step(run)                         # one Rprop step on dz per pass
-    positions_step(run)                         # one Adam step on the scan positions per pass
-    drift_to_tilt(run, it)                      # the slices' drift with depth -> tilt (APP)
+    positions_step(run)                         # one Rprop step on the scan positions per pass
+    drift_to_tilt(run, it)                      # the slices' drift with depth -> tilt (APP);
+                                                # with a tilt map, locally (see .tilt_field)
     apply_constraints(run)                      # probe modes, depth prior, dz > 0
     finish_iteration(run, it, total, seconds)   # history, optimiser state
 
@@ -30,6 +31,7 @@ import torch
 
 from ..physics.multislice import forward
 from ..physics.propagator import propagator
+from ..physics.tilted_propagators import tilted_propagators
 from .alignment import fit_drift, fourier_shift, slice_shifts
 from .config import SolverConfig
 from .constraints import clamp_amplitude, orthogonalize_probe, smooth_depth
@@ -38,6 +40,7 @@ from .distributed import Communicator
 from .losses import LOSSES
 from .positions import PositionModel
 from .state import ReconstructionState
+from .tilt_field import SparseAdam, interpolate, move_local_drift_into_tilt, refresh_position_tilts
 
 __all__ = [
     "Run",
@@ -49,6 +52,7 @@ __all__ = [
     "check_divergence",
     "thickness_step",
     "positions_step",
+    "tilt_field_step",
     "drift_to_tilt",
     "move_drift_into_tilt",
     "apply_constraints",
@@ -86,6 +90,8 @@ class Run:
     kx: torch.Tensor
     comm: Communicator | None = None
     positions_optimizer: torch.optim.Optimizer | None = None
+    tilt_optimizer: SparseAdam | None = None
+    map_active: bool = False
 
     @classmethod
     def start(
@@ -99,6 +105,7 @@ class Run:
         adam, rprop = make_optimizers(state, config)
         ky, kx = data.grids(state.sampling)
         run = cls(state, data, config, adam, rprop, ky, kx, comm)
+        run.tilt_optimizer = make_tilt_optimizer(state, config)
         if state.positions is not None and config.refine_positions:
             run.positions_optimizer = make_position_optimizer(state, config)
         return run
@@ -122,7 +129,7 @@ def make_optimizers(state: ReconstructionState, config: SolverConfig):
         {"params": [state.phase, state.amplitude], "lr": config.lr_object, "name": "object"},
         {"params": [state.probe], "lr": config.lr_probe, "name": "probe"},
     ]
-    if config.learns_geometry:
+    if config.learns_geometry and not state.has_tilt_map:
         groups.append({"params": [state.tilt], "lr": config.lr_tilt, "name": "tilt"})
     adam = torch.optim.Adam(groups)
     rprop = torch.optim.Rprop(
@@ -172,6 +179,18 @@ def make_position_optimizer(state: ReconstructionState, config: SolverConfig) ->
     return rprop
 
 
+def make_tilt_optimizer(state: ReconstructionState, config: SolverConfig) -> SparseAdam | None:
+    """A tilt map's optimiser: :class:`~.tilt_field.SparseAdam` on the control grid (moments restored)."""
+    if not (state.has_tilt_map and config.learns_geometry):
+        return None
+    optimizer = SparseAdam([state.tilt_grid], lr=config.lr_tilt)
+    saved = (state.optimizer or {}).get("tilt_field")
+    if saved is not None and _compatible(optimizer, saved):
+        optimizer.load_state_dict(saved)
+        optimizer.param_groups[0]["lr"] = config.lr_tilt
+    return optimizer
+
+
 def _compatible(optimizer: torch.optim.Optimizer, saved: dict) -> bool:
     groups = saved.get("param_groups", [])
     if len(groups) != len(optimizer.param_groups):
@@ -199,6 +218,8 @@ def optimizer_snapshot(run: Run) -> dict:
     snapshot = {"adam": cpu(run.adam.state_dict()), "rprop": cpu(run.rprop.state_dict())}
     if run.positions_optimizer is not None:
         snapshot["positions"] = cpu(run.positions_optimizer.state_dict())
+    if run.tilt_optimizer is not None:
+        snapshot["tilt_field"] = cpu(run.tilt_optimizer.state_dict())
     return snapshot
 
 
@@ -212,7 +233,12 @@ def set_trainable(run: Run, iteration: int) -> None:
     state.amplitude.requires_grad_(True)
     state.probe.requires_grad_(config.lr_probe > 0 and iteration >= config.start_probe)
     learn = config.learns_geometry
-    state.tilt.requires_grad_(learn and config.lr_tilt > 0 and iteration >= config.start_tilt)
+    learn_tilt = learn and config.lr_tilt > 0 and iteration >= config.start_tilt
+    if state.has_tilt_map:
+        state.tilt_grid.requires_grad_(learn_tilt)
+        run.map_active = iteration >= config.tilt_map_start
+    else:
+        state.tilt.requires_grad_(learn_tilt)
     state.slice_thickness.requires_grad_(learn and config.lr_dz > 0 and iteration >= config.start_dz)
     if positions_learned(config, iteration):
         if state.positions is None:
@@ -253,8 +279,20 @@ def batch_order(run: Run, iteration: int) -> list[torch.Tensor]:
 
 
 def batch_propagator(run: Run, batch: torch.Tensor) -> torch.Tensor:
-    """The propagator for a batch: (N, N) with a global tilt, (B, N, N) with a tilt map."""
+    """The propagator for a batch: (N, N) with a global tilt, (B, N, N) with a tilt map.
+
+    A tilt map is interpolated from its control points to the batch's
+    positions; before ``tilt_map_start`` it is held uniform (its mean: global APP).
+    """
     state = run.state
+    if state.has_tilt_map:
+        if run.map_active:
+            index, weight = state.tilt_weights()
+            tilt = interpolate(state.tilt_grid, index[batch], weight[batch])
+            return tilted_propagators(run.ky, run.kx, state.wavelength, state.slice_thickness, tilt)
+        return propagator(
+            run.ky, run.kx, state.wavelength, state.slice_thickness, state.tilt_grid.mean(dim=0)
+        )
     tilt = state.tilt if state.tilt.shape[0] == 1 else state.tilt[batch]
     tilt_arg = tilt[0] if tilt.shape[0] == 1 else tilt
     if run.config.learns_geometry or bool(torch.any(state.tilt != 0)):
@@ -281,11 +319,36 @@ def gradient_step(run: Run, batch: torch.Tensor) -> float:
         loss.backward()
         value = float(loss.detach())
     if run.comm is not None:
-        value = run.comm.all_reduce_gradients([p for g in run.adam.param_groups for p in g["params"]], value)
+        params = [p for g in run.adam.param_groups for p in g["params"]]
+        if run.tilt_optimizer is not None:
+            params.append(state.tilt_grid)
+        value = run.comm.all_reduce_gradients(params, value)
     run.adam.step()
     run.adam.zero_grad(set_to_none=True)
+    tilt_field_step(run, batch)
     clamp_amplitude(state.amplitude, run.config.max_amplitude)
     return value
+
+
+def tilt_field_step(run: Run, batch: torch.Tensor) -> None:
+    """A tilt map's Adam step: only the control points the batch's positions touch move.
+
+    Undetermined points (vacuum) are never moved; before ``tilt_map_start``
+    (uniform map) all points take the same step.
+    """
+    state = run.state
+    if run.tilt_optimizer is None or state.tilt_grid.grad is None:
+        return
+    if run.map_active:
+        index, weight = state.tilt_weights()
+        touched = torch.zeros(state.tilt_grid.shape[0], dtype=torch.bool, device=state.tilt_grid.device)
+        touched[index[batch][weight[batch] > 0]] = True
+        touched &= ~torch.as_tensor(state.tilt_field.undetermined, device=touched.device)
+    else:
+        touched = torch.ones(state.tilt_grid.shape[0], dtype=torch.bool, device=state.tilt_grid.device)
+    run.tilt_optimizer.step(touched)
+    run.tilt_optimizer.zero_grad(set_to_none=True)
+    refresh_position_tilts(state)
 
 
 def check_divergence(run: Run, value: float, batch_size: int) -> None:
@@ -347,9 +410,14 @@ def drift_to_tilt(run: Run, iteration: int) -> np.ndarray | None:
     numpy.ndarray or None
         The change of the tilt (mrad), or None when the step was not due.
     """
-    if not drift_due(run.config, iteration, run.state.num_slices):
+    state = run.state
+    due = drift_due(run.config, iteration, state.num_slices)
+    if state.has_tilt_map and run.config.learns_geometry and iteration >= run.config.tilt_map_start:
+        # the local step; when not due, only the regulariser runs
+        return move_local_drift_into_tilt(state, run.data.window, run.config, measure=due)
+    if not due:
         return None
-    return move_drift_into_tilt(run.state, run.data.window)
+    return move_drift_into_tilt(state, run.data.window)
 
 
 def move_drift_into_tilt(state: ReconstructionState, window: int) -> np.ndarray:
@@ -382,6 +450,10 @@ def move_drift_into_tilt(state: ReconstructionState, window: int) -> np.ndarray:
         new_tilt = torch.atan(tan_new) * 1e3
         change = (new_tilt - state.tilt.double()).mean(dim=0).cpu().numpy()
         state.tilt.copy_(new_tilt.to(state.tilt.dtype))
+        if state.has_tilt_map:  # a (uniform) tilt map: the same change on every control point
+            grid = torch.atan(torch.tan(state.tilt_grid.double() * 1e-3) + tan_new.mean(0) - tan_old.mean(0))
+            state.tilt_grid.copy_((grid * 1e3).to(state.tilt_grid.dtype))
+            refresh_position_tilts(state)
         back = -np.outer(depths, slope_px)
         state.phase.copy_(torch.as_tensor(fourier_shift(phase, back)))
         amp = state.amplitude.detach().cpu().numpy()
@@ -410,4 +482,5 @@ def finish_iteration(run: Run, iteration: int, total: float, seconds: float) -> 
 
 def finite(state: ReconstructionState) -> bool:
     """True when object, probe and tilt are all finite."""
-    return all(bool(torch.isfinite(getattr(state, n)).all()) for n in ("phase", "amplitude", "probe", "tilt"))
+    names = ("phase", "amplitude", "probe", "tilt") + (("tilt_grid",) if state.has_tilt_map else ())
+    return all(bool(torch.isfinite(getattr(state, n)).all()) for n in names)

@@ -1,0 +1,419 @@
+"""Extended APP (tilt map) on the abTEM bent crystal, the uniform tilt, at dose, and two grains.
+
+Cases (all from tilt (0, 0), default options but ``tilt_map=True``):
+
+* ``bent``: ../shared/data/sto_bent_y.h5 (theta_x = 3 mrad, theta_y = -5 + 10 clip(y / 12.1055 Å, 0, 1)
+  mrad, 101.53 Å), the map against the truth at the probe positions, and global APP on the same data;
+* ``uniform``: ../shared/data/sto_tilt_8_-3.h5: the map must be uniform, within 0.5 mrad of (8, -3), and
+  say that it was not needed;
+* ``dose``: Poisson counts from sto_bent_y.h5 at 2e4 e/Å² (3050 electrons per pattern, seed 0);
+* ``grains``: two grains tilted +28 / -28 mrad (theta_x), vacuum around, made with the project's own
+  forward model (``app_extension.simulate.simulate_tilt_field``), ``tilt_map_regularizer="tv"``;
+* ``cost``: seconds per iteration of a global and a tilt-map run on sto_bent_y.h5, interleaved.
+
+Usage::
+
+    python validation/tilt_map.py [--cases bent uniform dose grains cost] [--iterations 30]
+        [--threads 1] [--out validation/results] [--states /tmp/tilt_map_states]
+
+Writes ``tilt_map.json`` and small PNGs under ``--out``; the solver states go to ``--states``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from app_extension.physics.optics import electron_wavelength
+from app_extension.solver.config import Geometry, SolverConfig
+from app_extension.solver.engine import reconstruct
+from app_extension.solver.state import ReconstructionState
+from app_extension.solver.tilt_field import measure_local_drift, position_undetermined, uniformity
+
+HERE = Path(__file__).resolve().parent
+DATA = next(
+    (
+        p
+        for p in (HERE.parent.parent / "shared" / "data", HERE.parent.parent.parent / "shared" / "data")
+        if p.is_dir()
+    ),
+    HERE.parent.parent / "shared" / "data",
+)
+BENT_SPAN = 12.1055  # Å, first to last scan row
+
+
+def load_recorded(path: Path):
+    """Data and the geometry from the recorded calibration only (no truth)."""
+    import h5py
+
+    with h5py.File(path, "r") as f:
+        data = f["data"][()]
+        attrs = dict(f.attrs)
+    energy = float(attrs["energy_eV"])
+    if "reciprocal_pixel_A-1" in attrs:
+        reciprocal = float(attrs["reciprocal_pixel_A-1"])
+    else:
+        reciprocal = float(attrs["reciprocal_pixel_mrad"]) * 1e-3 / electron_wavelength(energy)
+    geometry = Geometry(
+        energy=energy,
+        semiangle=float(attrs["semiangle_mrad"]),
+        reciprocal_sampling=reciprocal,
+        scan_positions=Geometry.raster(data.shape[:2], float(attrs["scan_step_A"])),
+        defocus=float(attrs["defocus_A"]),
+    )
+    return data, geometry
+
+
+def bent_truth(positions: np.ndarray) -> np.ndarray:
+    """(P, 2) true (theta_x, theta_y) in mrad of sto_bent_y.h5 at the probe positions."""
+    y = positions[:, 0]
+    return np.stack([np.full_like(y, 3.0), -5 + 10 * np.clip(y / BENT_SPAN, 0, 1)], axis=1)
+
+
+def inside(geometry: Geometry, radius: float) -> np.ndarray:
+    """Positions whose probe (radius in Å) lies inside the scanned area."""
+    pos = geometry.scan_positions
+    lo, hi = pos.min(axis=0), pos.max(axis=0)
+    return np.all((pos - lo >= radius - 1e-9) & (hi - pos >= radius - 1e-9), axis=1)
+
+
+def probe_radius(geometry: Geometry, thickness: float) -> float:
+    """The probe's radius at mid-depth (Å): |defocus - t/2| tan(semiangle)."""
+    return abs(geometry.defocus - thickness / 2) * np.tan(geometry.semiangle * 1e-3)
+
+
+def solve(data, geometry, config, name: str, states: Path) -> tuple[ReconstructionState, dict]:
+    t0 = time.perf_counter()
+    state = reconstruct(data, geometry, config, show_progressbar=False)
+    wall = time.perf_counter() - t0
+    state.save(states / f"{name}.h5", extra={"config": config.to_dict(), "geometry": geometry.to_dict()})
+    per_it = np.diff([0.0, *state.history["time"]])
+    return state, {
+        "wall_s": wall,
+        "seconds_per_iteration": per_it.tolist(),
+        "final_loss": state.history["loss"][-1],
+        "thickness_A": state.thickness,
+        "mean_tilt_mrad": state.tilt_mrad.reshape(-1, 2).mean(axis=0).tolist(),
+        "iterations": int(state.iteration),
+    }
+
+
+def map_metrics(state: ReconstructionState, geometry: Geometry, truth: np.ndarray, radius: float) -> dict:
+    est = state.tilt_mrad
+    ok = ~position_undetermined(state)
+    sets = {"all": ok, "probe_inside": ok & inside(geometry, radius)}
+    out = {
+        "probe_radius_A": radius,
+        "grid": list(state.tilt_field.shape),
+        "spacing_A": list(state.tilt_field.spacing),
+    }
+    for key, sel in sets.items():
+        err = est[sel] - truth[sel]
+        out[key] = {
+            "positions": int(sel.sum()),
+            "rms_theta_x": float(np.sqrt(np.mean(err[:, 0] ** 2))),
+            "rms_theta_y": float(np.sqrt(np.mean(err[:, 1] ** 2))),
+            "rms": float(np.sqrt(np.mean((err**2).sum(axis=1)))),
+        }
+    out["uniformity"] = uniformity(state)
+    out["grid_mrad"] = state.tilt_grid.numpy().reshape(*state.tilt_field.shape, 2).tolist()
+    return out
+
+
+def column_sharpness(state: ReconstructionState, geometry: Geometry, window: int) -> dict:
+    """Width of the columns in the slice-averaged phase, in the top, middle and bottom rows of the scan.
+
+    Columns are the local maxima of the averaged phase (Sr and Ti-O sites), each measured by the
+    phase-weighted second moments within 0.6 Å (above the local minimum): ``sigma_y``, ``sigma_x`` in
+    Å. A tilt the propagator does not take up smears the columns along it (here along y).
+    """
+    from scipy import ndimage
+
+    image = state.phase.numpy().mean(axis=0).astype(np.float64)
+    ys, xs = state.coordinates()
+    rows, cols = state.scan_window(window)
+    peaks = (image == ndimage.maximum_filter(image, size=9)) & (image > np.percentile(image, 90))
+    yy, xx = np.meshgrid(ys, xs, indexing="ij")
+    span = geometry.scan_positions[:, 0].max()
+    bands = {"top": (-1, span / 4), "middle": (span / 4, 3 * span / 4), "bottom": (3 * span / 4, span + 1)}
+    result = {k: {"sigma_y": [], "sigma_x": []} for k in bands}
+    for iy, ix in zip(*np.nonzero(peaks), strict=True):
+        if not (rows.start <= iy < rows.stop and cols.start <= ix < cols.stop):
+            continue
+        m = (yy - ys[iy]) ** 2 + (xx - xs[ix]) ** 2 < 0.6**2
+        wgt = image[m] - image[m].min()
+        if wgt.sum() <= 0:
+            continue
+        cy, cx = (wgt * yy[m]).sum() / wgt.sum(), (wgt * xx[m]).sum() / wgt.sum()
+        sy = np.sqrt((wgt * (yy[m] - cy) ** 2).sum() / wgt.sum())
+        sx = np.sqrt((wgt * (xx[m] - cx) ** 2).sum() / wgt.sum())
+        for name, (lo, hi) in bands.items():
+            if lo <= ys[iy] < hi:
+                result[name]["sigma_y"].append(sy)
+                result[name]["sigma_x"].append(sx)
+    return {
+        k: {
+            "columns": len(v["sigma_y"]),
+            "sigma_y_A": float(np.mean(v["sigma_y"])) if v["sigma_y"] else None,
+            "sigma_x_A": float(np.mean(v["sigma_x"])) if v["sigma_x"] else None,
+        }
+        for k, v in result.items()
+    }
+
+
+def residual_local_tilt(state: ReconstructionState, window: int) -> dict:
+    """The drift with depth left in the slices, measured locally on a 3 x 3 grid (mrad)."""
+    from app_extension.solver.tilt_field import make_tilt_grid
+
+    pos = state.probe_positions()
+    grid = make_tilt_grid(pos, 22.0, 0.0, 0.0, grid=(3, 3))
+    found = measure_local_drift(state, grid, window)
+    slope = np.arctan(found["slope"]) * 1e3
+    return {"theta_x": slope[:, 0].reshape(3, 3).tolist(), "theta_y": slope[:, 1].reshape(3, 3).tolist()}
+
+
+def boundary_width(
+    state: ReconstructionState, geometry: Geometry, boundary_x: float, tilt: float, rows: tuple[float, float]
+) -> dict:
+    """10-90 % width (Å) of the theta_x step across the grain boundary, from the map at the positions.
+
+    The profile is the mean over the scan rows with y in ``rows`` (inside the grains, clear of the vacuum).
+    """
+    est = state.tilt_mrad[:, 0]
+    y = geometry.scan_positions[:, 0]
+    ok = ~position_undetermined(state) & (y >= rows[0]) & (y <= rows[1])
+    x = geometry.scan_positions[:, 1]
+    xs = np.unique(np.round(x[ok], 6))
+    profile = np.array([est[ok & (np.abs(x - v) < 1e-6)].mean() for v in xs])
+    # the step's own plateaus (medians over the grains, 3 Å clear of the boundary and the vacuum), and
+    # the distance over which the profile falls from 90 % to 10 % of the step between them
+    left = profile[(xs < boundary_x - 3.0) & (xs > rows[0])]
+    right = profile[(xs > boundary_x + 3.0) & (xs < 2 * boundary_x - rows[0])]
+    top, bottom = float(np.median(left)), float(np.median(right))
+    near = np.abs(xs - boundary_x) <= 6.0
+    fine = np.linspace(xs[near][0], xs[near][-1], 4001)
+    p = np.interp(fine, xs[near], profile[near])
+    level = (p - bottom) / (top - bottom)
+    try:
+        x_hi = fine[np.flatnonzero(level >= 0.9)[-1]]
+        x_lo = fine[np.flatnonzero(level <= 0.1)[0]]
+        width = float(x_lo - x_hi)
+    except IndexError:
+        width = None
+    return {
+        "x_A": xs.tolist(),
+        "theta_x_mrad": profile.tolist(),
+        "width_10_90_A": width,
+        "plateaus_mrad": [top, bottom],
+        "boundary_x_A": boundary_x,
+    }
+
+
+def case_bent(args, states: Path) -> dict:
+    data, geometry = load_recorded(DATA / "sto_bent_y.h5")
+    truth = bent_truth(geometry.scan_positions)
+    out = {}
+    for name, tilt_map in (("bent_map", True), ("bent_global", False)):
+        config = SolverConfig(iterations=args.iterations, tilt_map=tilt_map)
+        state, info = solve(data, geometry, config, name, states)
+        info["thickness_error"] = state.thickness / 101.53 - 1
+        info["columns"] = column_sharpness(state, geometry, data.shape[-1])
+        info["residual_local_tilt_mrad"] = residual_local_tilt(state, data.shape[-1])
+        if tilt_map:
+            info["map"] = map_metrics(state, geometry, truth, probe_radius(geometry, state.thickness))
+        else:
+            err = state.tilt_mrad[None] - truth
+            info["global_vs_truth_rms"] = float(np.sqrt(np.mean((err**2).sum(axis=1))))
+        out[name] = info
+        print(
+            name,
+            json.dumps({k: v for k, v in info.items() if k != "seconds_per_iteration"})[:1500],
+            flush=True,
+        )
+    return out
+
+
+def case_uniform(args, states: Path) -> dict:
+    data, geometry = load_recorded(DATA / "sto_tilt_8_-3.h5")
+    config = SolverConfig(iterations=args.iterations, tilt_map=True)
+    state, info = solve(data, geometry, config, "uniform_map", states)
+    truth = np.broadcast_to([8.0, -3.0], (geometry.scan_positions.shape[0], 2))
+    info["map"] = map_metrics(state, geometry, truth, probe_radius(geometry, state.thickness))
+    est = state.tilt_mrad
+    info["max_deviation_from_truth_mrad"] = float(np.abs(est - truth).max())
+    info["thickness_error"] = state.thickness / 101.53 - 1
+    print("uniform", json.dumps(info["map"]["uniformity"]), info["max_deviation_from_truth_mrad"], flush=True)
+    return {"uniform_map": info}
+
+
+def case_dose(args, states: Path) -> dict:
+    data, geometry = load_recorded(DATA / "sto_bent_y.h5")
+    electrons = 2e4 * 0.3905**2  # 3050 per pattern
+    rng = np.random.default_rng(0)
+    counts = rng.poisson(data.astype(np.float64) * (electrons / 0.995)).astype(np.float32)
+    config = SolverConfig(iterations=args.iterations, tilt_map=True)  # the amplitude loss (Eq. 1)
+    state, info = solve(counts, geometry, config, "dose_map", states)
+    info["electrons_per_pattern"] = electrons
+    info["thickness_error"] = state.thickness / 101.53 - 1
+    info["map"] = map_metrics(
+        state, geometry, bent_truth(geometry.scan_positions), probe_radius(geometry, state.thickness)
+    )
+    print("dose", json.dumps(info["map"]["probe_inside"]), json.dumps(info["map"]["all"]), flush=True)
+    return {"dose_map": info}
+
+
+def case_grains(args, states: Path) -> dict:
+    from app_extension.simulate import simulate_tilt_field, two_grains
+
+    # two grains of 11 x 22 Å, 5 Å of vacuum around; the boundary (x = 18 Å) lies between control points
+    extent, vacuum, tilt, boundary = (32.0, 32.0), 5.0, 28.0, 2.0
+    t0 = time.perf_counter()
+    ds = simulate_tilt_field(
+        two_grains(tilt=tilt, boundary=boundary, extent=extent, vacuum=vacuum),
+        unit_cells_z=12,
+        scan_shape=(33, 33),
+        scan_step=1.0,
+    )
+    simulate_s = time.perf_counter() - t0
+    config = SolverConfig(
+        iterations=args.iterations,
+        tilt_map=True,
+        tilt_map_regularizer="tv",
+        num_slices=4,
+        slice_thickness=12.0,
+    )
+    state, info = solve(ds.data, ds.geometry, config, "grains_map", states)
+    info["simulate_s"] = simulate_s
+    info["boundary"] = boundary_width(
+        state, ds.geometry, extent[1] / 2 + boundary, tilt, (vacuum + 2.0, extent[0] - vacuum - 2.0)
+    )
+    grid = state.tilt_field
+    nodes = grid.nodes()
+    in_vacuum = np.any((nodes < vacuum - 2.0) | (nodes > np.array(extent) - vacuum + 2.0), axis=1)
+    info["vacuum_nodes"] = int(in_vacuum.sum())
+    info["vacuum_nodes_undetermined"] = int((grid.undetermined & in_vacuum).sum())
+    info["crystal_nodes_undetermined"] = int((grid.undetermined & ~in_vacuum).sum())
+    info["grid"] = list(grid.shape)
+    info["grid_theta_x_mrad"] = (
+        np.where(grid.undetermined, np.nan, state.tilt_grid.numpy()[:, 0]).reshape(grid.shape).tolist()
+    )
+    info["uniformity"] = uniformity(state)
+    print(
+        "grains",
+        json.dumps({k: v for k, v in info.items() if k != "seconds_per_iteration"})[:1500],
+        flush=True,
+    )
+    return {"grains_map": info}
+
+
+def case_cost(args, states: Path) -> dict:
+    data, geometry = load_recorded(DATA / "sto_bent_y.h5")
+    times = {"global": [], "map": []}
+    for _ in range(2):
+        for name in ("global", "map"):
+            config = SolverConfig(iterations=3, tilt_map=name == "map", tilt_map_start=0, start_tilt=0)
+            state = reconstruct(data, geometry, config, show_progressbar=False)
+            times[name] += np.diff([0.0, *state.history["time"]]).tolist()
+    med = {k: float(np.median(v)) for k, v in times.items()}
+    out = {"seconds_per_iteration": times, "median_s": med, "ratio": med["map"] / med["global"]}
+    print("cost", json.dumps(out), flush=True)
+    return {"cost": out}
+
+
+def figures(out: Path, states: Path) -> None:
+    """theta_y along y (truth, map, map at dose, global APP) and the map pictures, from the saved states."""
+    from matplotlib.figure import Figure
+
+    from app_extension.report import draw_tilt_map
+    from app_extension.results import tilt_map_to_signal
+
+    def load(name):
+        path = states / f"{name}.h5"
+        if not path.exists():
+            return None, None
+        state, extra = ReconstructionState.load(path, with_extra=True)
+        g = extra["geometry"]
+        return state, Geometry(
+            energy=g["energy"],
+            semiangle=g["semiangle"],
+            reciprocal_sampling=g["reciprocal_sampling"],
+            scan_positions=np.asarray(g["scan_positions"]),
+            defocus=g["defocus"],
+        )
+
+    fig = Figure(figsize=(6, 4), layout="constrained")
+    ax = fig.subplots()
+    bent, geometry = load("bent_map")
+    if bent is not None:
+        y = geometry.scan_positions[:, 0].reshape(32, 32)[:, 0]
+        ax.plot(y, bent_truth(geometry.scan_positions)[:, 1].reshape(32, 32)[:, 0], "k--", label="true θy")
+        for name, style, label in (
+            ("bent_map", "C0o-", "tilt map"),
+            ("dose_map", "C1s-", "tilt map, 2e4 e/Å²"),
+        ):
+            state, _ = load(name)
+            if state is None:
+                continue
+            ty = state.tilt_mrad[:, 1].reshape(32, 32)
+            ax.errorbar(y, ty.mean(axis=1), yerr=ty.std(axis=1), fmt=style, ms=3, lw=1, label=label)
+        glob, _ = load("bent_global")
+        if glob is not None:
+            ax.axhline(
+                glob.tilt_mrad[1], color="C2", lw=1.5, label=f"global APP θy = {glob.tilt_mrad[1]:.2f}"
+            )
+    ax.set_xlabel("scan y (Å)")
+    ax.set_ylabel("θy (mrad), mean ± spread over x")
+    ax.set_title("sto_bent_y.h5: θy along y")
+    ax.legend(fontsize=8)
+    fig.savefig(out / "tilt_map_profile.png", dpi=80)
+
+    for name, shape in (("bent_map", (32, 32)), ("grains_map", (33, 33)), ("uniform_map", (32, 32))):
+        state, geometry = load(name)
+        if state is None:
+            continue
+        fig = Figure(figsize=(5, 4.2), layout="constrained")
+        draw_tilt_map(fig.subplots(), tilt_map_to_signal(state, geometry, scan_shape=shape))
+        fig.savefig(out / f"tilt_map_{name.replace('_map', '')}.png", dpi=80)
+
+
+CASES = {
+    "bent": case_bent,
+    "uniform": case_uniform,
+    "dose": case_dose,
+    "grains": case_grains,
+    "cost": case_cost,
+}
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--cases", nargs="*", default=list(CASES), choices=list(CASES))
+    parser.add_argument("--no-figures", action="store_true")
+    parser.add_argument("--iterations", type=int, default=30)
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--out", default=str(HERE / "results"))
+    parser.add_argument("--states", default="/tmp/tilt_map_states")
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    out, states = Path(args.out), Path(args.states)
+    out.mkdir(parents=True, exist_ok=True)
+    states.mkdir(parents=True, exist_ok=True)
+    path = out / "tilt_map.json"
+    results = json.loads(path.read_text()) if path.exists() else {}
+    results["settings"] = {"iterations": args.iterations, "threads": args.threads}
+    for case in args.cases:
+        results.update(CASES[case](args, states))
+        path.write_text(json.dumps(results, indent=1))
+    if not args.no_figures:
+        figures(out, states)
+
+
+if __name__ == "__main__":
+    main()
