@@ -14,7 +14,7 @@ import os
 
 import numpy as np
 
-__all__ = ["summary_figure", "save_summary", "averaged_phase", "draw_tilt_map"]
+__all__ = ["summary_figure", "save_summary", "averaged_phase", "draw_tilt_map", "draw_positions"]
 
 _NODE = "Signal.Ptychography"
 
@@ -128,8 +128,10 @@ def summary_figure(result, truth: dict | None = None):
 
     node = result.metadata.get_item(_NODE) if result.metadata.has_item(_NODE) else None
     has_map = node is not None and node.has_item("tilt_map") and hasattr(node.tilt_map, "axes_manager")
-    fig = Figure(figsize=(11, 12.5 if has_map else 8.5), layout="constrained")
-    axes = fig.subplots(3 if has_map else 2, 2)
+    has_positions = node is not None and node.has_item("Positions.refined") and node.has_item("Geometry")
+    third_row = has_map or has_positions
+    fig = Figure(figsize=(11, 12.5 if third_row else 8.5), layout="constrained")
+    axes = fig.subplots(3 if third_row else 2, 2)
     method = str(node.method) if node is not None and node.has_item("method") else "Ptychography"
 
     ax = axes[0, 0]
@@ -196,12 +198,17 @@ def summary_figure(result, truth: dict | None = None):
     ax.set_xlabel("iteration")
     ax.set_ylabel("dz (Å)")
     ax.set_title("slice thickness")
-    if has_map:
-        draw_tilt_map(axes[2, 0], node.tilt_map)
-        ax = axes[2, 1]
-        ax.set_axis_off()
-        md = node.tilt_map.metadata
-        if md.has_item("Tilt_map.verdict"):
+    if third_row:
+        spare = [axes[2, 0], axes[2, 1]]
+        if has_map:
+            draw_tilt_map(spare.pop(0), node.tilt_map)
+        if has_positions:
+            draw_positions(spare.pop(0), node)
+        for ax in spare:
+            ax.set_axis_off()
+        md = node.tilt_map.metadata if has_map else None
+        if spare and md is not None and md.has_item("Tilt_map.verdict"):
+            ax = spare[0]
             import textwrap
 
             ax.text(
@@ -214,6 +221,34 @@ def summary_figure(result, truth: dict | None = None):
             )
     _status_title(fig, node, method)
     return fig
+
+
+def draw_positions(ax, node, magnify: float = 10.0) -> None:
+    """The refined scan positions against the nominal raster, their differences magnified."""
+    nominal = np.asarray(node.Geometry.scan_positions, dtype=np.float64)
+    refined = np.asarray(node.Positions.refined, dtype=np.float64)
+    shift = refined - nominal
+    shift -= shift.mean(axis=0)  # a common shift is only a shift of the object
+    ax.plot(nominal[:, 1], nominal[:, 0], ".", color="0.6", ms=3, label="nominal raster")
+    ax.quiver(
+        nominal[:, 1],
+        nominal[:, 0],
+        shift[:, 1] * magnify,
+        shift[:, 0] * magnify,
+        angles="xy",
+        scale_units="xy",
+        scale=1.0,
+        color="C3",
+        width=0.004,
+        label=f"refined - nominal, x{magnify:g}",
+    )
+    ax.set_aspect("equal")
+    ax.invert_yaxis()  # y down, as the images
+    rms = float(np.sqrt((shift**2).sum(axis=1).mean()))
+    ax.set_title(f"scan positions: RMS change {rms * 100:.1f} pm (arrows x{magnify:g})")
+    ax.set_xlabel("x (Å)")
+    ax.set_ylabel("y (Å)")
+    _legend(ax)
 
 
 #: Explanations of the statuses that mean the run did not finish.
