@@ -37,6 +37,7 @@ from .data import MeasuredData
 from .distributed import Communicator
 from .losses import LOSSES
 from .positions import PositionModel
+from .sign_step import ConfirmedRprop
 from .state import ReconstructionState
 
 __all__ = [
@@ -125,7 +126,8 @@ def make_optimizers(state: ReconstructionState, config: SolverConfig):
     if config.learns_geometry:
         groups.append({"params": [state.tilt], "lr": config.lr_tilt, "name": "tilt"})
     adam = torch.optim.Adam(groups)
-    rprop = torch.optim.Rprop(
+    rprop_class = ConfirmedRprop if config.dz_confirm_flips else torch.optim.Rprop
+    rprop = rprop_class(
         [state.slice_thickness], lr=config.lr_dz, etas=(0.5, 1.2), step_sizes=(1e-3, 4 * config.lr_dz)
     )
     saved = state.optimizer or {}
@@ -277,7 +279,8 @@ def gradient_step(run: Run, batch: torch.Tensor) -> float:
     if local.numel():
         prop = batch_propagator(run, local)
         model = forward(state.probe, state.phase, state.amplitude, batch_corners(run, local), prop)
-        loss = LOSSES[run.config.loss](model, run.data.targets(local), run.data.mask)
+        extra = {"offset": run.data.count_offset} if run.config.loss == "anscombe" else {}
+        loss = LOSSES[run.config.loss](model, run.data.targets(local), run.data.mask, **extra)
         loss.backward()
         value = float(loss.detach())
     if run.comm is not None:
