@@ -30,7 +30,7 @@ import torch
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, os.fspath(HERE))
 
-from depth_prior import DATA, THICKNESS, TRUTH  # noqa: E402
+from depth_prior import BI_DEPTHS, DATA, THICKNESS, TRUTH, bi_depths  # noqa: E402
 from depth_prior import load as load_dataset  # noqa: E402
 
 import app_extension.solver.steps as steps  # noqa: E402
@@ -49,7 +49,59 @@ CANDIDATES: dict[str, dict] = {
     "poisson": {"loss": "poisson"},
     "prior025": {"depth_regularization": 0.25},
     "no_positions": {"refine_positions": False},
+    "lr_object_half": {"lr_object": 1e-2},
 }
+
+
+#: Diagnostic candidates, made by wrapping steps (not options): name -> fraction of positions held out.
+HOLDOUT = {"holdout10": 0.1}
+CANDIDATES.update({name: {} for name in HOLDOUT})
+
+
+def _hold_out(fraction: float, num_positions: int, seed: int = 0):
+    """Wrap ``steps.batch_order`` and ``steps.gradient_step``: the dz gradient from held-out positions only.
+
+    A fixed random ``fraction`` of the positions never updates the object, probe or
+    tilt; their batches (one after each ordinary batch) give the whole dz gradient,
+    and the ordinary batches give none. If the thickness at dose is high because a
+    larger dz lets the slices fit more of the noise, the held-out gradient is free of it.
+    Returns a function that restores the steps.
+    """
+    held = np.zeros(num_positions, bool)
+    held[np.random.default_rng(seed).permutation(num_positions)[: int(round(fraction * num_positions))]] = True
+    held_t = torch.as_tensor(held)
+    order, step = steps.batch_order, steps.gradient_step
+
+    def batch_order(run, iteration):
+        out = []
+        for batch in order(run, iteration):
+            mask = held_t[batch.cpu()]
+            out += [b for b in (batch[~mask], batch[mask]) if b.numel()]
+        return out
+
+    def gradient_step(run, batch):
+        dz = run.state.slice_thickness
+        before = None if dz.grad is None else dz.grad.clone()
+        if bool(held_t[batch.cpu()].all()):
+            run.adam.zero_grad(set_to_none=True)
+            prop = steps.batch_propagator(run, batch)
+            model = steps.forward(
+                run.state.probe, run.state.phase, run.state.amplitude, steps.batch_corners(run, batch), prop
+            )
+            loss = steps.LOSSES[run.config.loss](model, run.data.targets(batch), run.data.mask)
+            loss.backward()
+            run.adam.zero_grad(set_to_none=True)  # the object, probe and tilt learn nothing from them
+            return float(loss.detach())
+        value = step(run, batch)
+        dz.grad = before  # the ordinary batches give no dz gradient
+        return value
+
+    steps.batch_order, steps.gradient_step = batch_order, gradient_step
+
+    def restore():
+        steps.batch_order, steps.gradient_step = order, step
+
+    return restore
 
 
 def run_one(data, geometry, dataset: str, num_slices: int, candidate: str, iterations: int) -> dict:
@@ -69,16 +121,21 @@ def run_one(data, geometry, dataset: str, num_slices: int, candidate: str, itera
         **CANDIDATES[candidate],
     )
     steps.thickness_step = recording
+    restore = None
+    if candidate in HOLDOUT:
+        restore = _hold_out(HOLDOUT[candidate], geometry.scan_positions.shape[0])
     t0 = time.perf_counter()
     try:
         state = reconstruct(data, geometry, config, show_progressbar=False)
     finally:
         steps.thickness_step = original
+        if restore is not None:
+            restore()
     wall = time.perf_counter() - t0
     t = state.tilt_mrad
     truth = TRUTH[dataset]
     thick = np.asarray(state.history["slice_thickness"]) * num_slices
-    return {
+    row = {
         "dataset": dataset,
         "num_slices": num_slices,
         "candidate": candidate,
@@ -93,6 +150,18 @@ def run_one(data, geometry, dataset: str, num_slices: int, candidate: str, itera
         "dz_gradient_history": [float(f"{g:.4g}") for g in grads],
         "wall_s": round(wall, 1),
     }
+    if dataset == "dopants":
+        found = bi_depths(state)
+        err = np.abs(np.asarray(found["found_A"]) - BI_DEPTHS)
+        row["bi_found_A"] = np.round(found["found_A"], 2).tolist()
+        row["bi_error_A"] = err.round(2).tolist()
+        row["bi_order_ok"] = bool(np.all(np.argsort(found["found_A"]) == np.argsort(BI_DEPTHS)))
+        ref = np.abs(np.asarray(found["found_vs_sr_A"]) - BI_DEPTHS)
+        row["bi_error_vs_sr_A"] = ref.round(2).tolist()
+        row["bi_vs_sr_order_ok"] = bool(
+            np.all(np.argsort(found["found_vs_sr_A"]) == np.argsort(BI_DEPTHS))
+        )
+    return row
 
 
 def _save(row: dict) -> None:
@@ -124,7 +193,7 @@ def table() -> str:
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--datasets", nargs="+", default=["poisson", "tilt"], choices=["poisson", "tilt"])
+    p.add_argument("--datasets", nargs="+", default=["poisson", "tilt"], choices=["poisson", "tilt", "dopants"])
     p.add_argument("--slices", type=int, nargs="+", default=[5, 10])
     p.add_argument("--candidates", nargs="+", default=["default"], choices=sorted(CANDIDATES))
     p.add_argument("--iterations", type=int, default=20)
@@ -151,6 +220,8 @@ def main(argv=None) -> int:
                 )
                 print("  thickness", row["thickness_history_A"], flush=True)
                 print("  dz grad", row["dz_gradient_history"], flush=True)
+                if "bi_error_A" in row:
+                    print("  Bi errors", row["bi_error_A"], "vs Sr", row["bi_error_vs_sr_A"], flush=True)
     return 0
 
 

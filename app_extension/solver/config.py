@@ -151,7 +151,7 @@ class SolverConfig:
     lr_dz: float = option(
         0.5,
         "First Rprop step of the slice thickness (one step per iteration with the whole pass's gradient; "
-        "grows while the gradient keeps its sign, halves when it flips).",
+        "grows while the gradient keeps its sign, halves when it flips; see dz_confirm_flips).",
         unit="Å",
         low=0,
         high=100,

@@ -117,7 +117,10 @@ def make_optimizers(state: ReconstructionState, config: SolverConfig):
     cancel, while the gradient of the whole pass points the right way. Its
     size shrinks as dz converges, which stalls Adam, so the step follows the
     gradient's sign only: it grows by 1.2 while the sign holds and halves when
-    it flips, starting from ``lr_dz``.
+    it flips, starting from ``lr_dz``. With ``dz_confirm_flips`` (default) a
+    flip holds dz for a pass and halves the step only when the next pass
+    confirms it (:class:`.sign_step.ConfirmedRprop`): the object lags a dz step,
+    which flips the gradient for one pass while dz is still far off.
     """
     groups = [
         {"params": [state.phase, state.amplitude], "lr": config.lr_object, "name": "object"},
