@@ -9,10 +9,15 @@ defaults (``--candidates``; ``default`` is today's defaults). Each run records,
 per iteration, the thickness, the loss and the whole pass's dz gradient (the
 sign Rprop follows), and appends a row to ``validation/results/dose.json``.
 
+``dopants`` (``sto_dopants_K.h5``) adds the Bi depth errors of
+``depth_prior.bi_depths``. ``holdout10`` is a diagnostic made by wrapping two
+steps (the dz gradient from 10 % held-out positions only), not an option.
+
 Usage::
 
-    python validation/dose.py --datasets poisson tilt --slices 5 10 --candidates default
-    python validation/dose.py --table        # the markdown table of validation/analysis.md
+    python validation/dose.py --datasets poisson tilt dopants --slices 5 10 --candidates rprop default
+    python validation/dose.py --datasets poisson --slices 10 --candidates anscombe prior025 holdout10
+    python validation/dose.py --table        # the table of all recorded runs
 """
 
 from __future__ import annotations
