@@ -178,9 +178,10 @@ class SolverConfig:
     probe_modes: int = option(1, "Number of mixed-state probe modes M.", kind="int", low=1, high=64)
     loss: str = option(
         "amplitude",
-        "Data term: 'amplitude' (Eq. 1) or 'poisson'.",
+        "Data term: 'amplitude' (Eq. 1), 'anscombe' (Eq. 1 on sqrt(I + 3/8 count): unbiased for counts "
+        "of about one electron per pixel and fewer) or 'poisson'.",
         kind="str",
-        choices=("amplitude", "poisson"),
+        choices=("amplitude", "anscombe", "poisson"),
     )
     padded_size: int | None = option(
         None,
@@ -199,10 +200,17 @@ class SolverConfig:
     lr_dz: float = option(
         0.5,
         "First Rprop step of the slice thickness (one step per iteration with the whole pass's gradient; "
-        "grows while the gradient keeps its sign, halves when it flips).",
+        "grows while the gradient keeps its sign, halves when it flips; see dz_confirm_flips).",
         unit="Å",
         low=0,
         high=100,
+    )
+    dz_confirm_flips: bool = option(
+        True,
+        "APP: the slice thickness's Rprop step reverses and halves only when the pass's gradient changes "
+        "sign in two passes in a row; a single change holds dz for a pass (the object lags a dz step, "
+        "which flips the gradient for one pass while dz is still far off). False: plain Rprop.",
+        kind="bool",
     )
     start_probe: int = option(
         1, "First iteration (0-based) at which the probe is learned.", kind="int", low=0

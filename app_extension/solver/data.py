@@ -54,6 +54,7 @@ import torch
 
 from ..physics.optics import fourier_grid
 from .config import Geometry, SolverConfig
+from .losses import ANSCOMBE_OFFSET
 
 __all__ = [
     "check_intensities",
@@ -503,7 +504,9 @@ class MeasuredData:
         # The loss normaliser of the history: the sum of the scaled intensities
         # (amplitude loss, Eq. 1) or the number of positions (Poisson).
         self.norm = (
-            float(np.float32(self.intensity_scale)) * total if config.loss == "amplitude" else float(p_total)
+            float(np.float32(self.intensity_scale)) * total
+            if config.loss in ("amplitude", "anscombe")
+            else float(p_total)
         )
 
         if self.streaming:
@@ -592,9 +595,16 @@ class MeasuredData:
             x = padded
         return torch.fft.ifftshift(x, dim=(-2, -1))
 
+    @property
+    def count_offset(self) -> float:
+        """The Anscombe offset (3/8 of a count) in the scaled units of the targets and the model."""
+        return ANSCOMBE_OFFSET * float(np.float32(self.intensity_scale))
+
     def _finish(self, x: torch.Tensor) -> torch.Tensor:
-        """Scale (and square-root for the amplitude loss), in place."""
+        """Scale (and square-root for the amplitude losses, after the count offset for 'anscombe'), in place."""
         x.mul_(np.float32(self.intensity_scale).item())
+        if self.loss == "anscombe":
+            return x.add_(self.count_offset).sqrt_()
         return x.sqrt_() if self.loss == "amplitude" else x
 
     def prepare(self, raw: torch.Tensor) -> torch.Tensor:

@@ -39,6 +39,7 @@ from .data import MeasuredData
 from .distributed import Communicator
 from .losses import LOSSES
 from .positions import PositionModel
+from .sign_step import ConfirmedRprop
 from .state import ReconstructionState
 from .tilt_field import SparseAdam, interpolate, move_local_drift_into_tilt, refresh_position_tilts
 
@@ -123,7 +124,10 @@ def make_optimizers(state: ReconstructionState, config: SolverConfig):
     cancel, while the gradient of the whole pass points the right way. Its
     size shrinks as dz converges, which stalls Adam, so the step follows the
     gradient's sign only: it grows by 1.2 while the sign holds and halves when
-    it flips, starting from ``lr_dz``.
+    it flips, starting from ``lr_dz``. With ``dz_confirm_flips`` (default) a
+    flip holds dz for a pass and halves the step only when the next pass
+    confirms it (:class:`.sign_step.ConfirmedRprop`): the object lags a dz step,
+    which flips the gradient for one pass while dz is still far off.
     """
     groups = [
         {"params": [state.phase, state.amplitude], "lr": config.lr_object, "name": "object"},
@@ -132,7 +136,8 @@ def make_optimizers(state: ReconstructionState, config: SolverConfig):
     if config.learns_geometry and not state.has_tilt_map:
         groups.append({"params": [state.tilt], "lr": config.lr_tilt, "name": "tilt"})
     adam = torch.optim.Adam(groups)
-    rprop = torch.optim.Rprop(
+    rprop_class = ConfirmedRprop if config.dz_confirm_flips else torch.optim.Rprop
+    rprop = rprop_class(
         [state.slice_thickness], lr=config.lr_dz, etas=(0.5, 1.2), step_sizes=(1e-3, 4 * config.lr_dz)
     )
     saved = state.optimizer or {}
@@ -315,7 +320,8 @@ def gradient_step(run: Run, batch: torch.Tensor) -> float:
     if local.numel():
         prop = batch_propagator(run, local)
         model = forward(state.probe, state.phase, state.amplitude, batch_corners(run, local), prop)
-        loss = LOSSES[run.config.loss](model, run.data.targets(local), run.data.mask)
+        extra = {"offset": run.data.count_offset} if run.config.loss == "anscombe" else {}
+        loss = LOSSES[run.config.loss](model, run.data.targets(local), run.data.mask, **extra)
         loss.backward()
         value = float(loss.detach())
     if run.comm is not None:

@@ -1,0 +1,234 @@
+"""Thickness at a realistic dose (issue 13): APP on Poisson counts at 1e5 e/Å^2.
+
+``sto_tilt_8_-3.h5`` with Poisson counts at 1e5 e/Å^2 (15,249 electrons per
+pattern for a vacuum probe sum of 0.995, numpy ``default_rng(seed)``, as in
+``validation/depth_prior.py``) and the noiseless file, each with 5 and 10
+slices, default APP settings from tilt (0, 0) and a slice thickness 30 % too
+large, 20 iterations. A *candidate* is a set of option changes on top of the
+defaults (``--candidates``; ``default`` is today's defaults). Each run records,
+per iteration, the thickness, the loss and the whole pass's dz gradient (the
+sign Rprop follows), and appends a row to ``validation/results/dose.json``.
+
+``dopants`` (``sto_dopants_K.h5``) adds the Bi depth errors of
+``depth_prior.bi_depths``. ``holdout10`` is a diagnostic made by wrapping two
+steps (the dz gradient from 10 % held-out positions only), not an option.
+
+Usage::
+
+    python validation/dose.py --datasets poisson tilt dopants --slices 5 10 --candidates rprop default
+    python validation/dose.py --datasets poisson --slices 10 --candidates anscombe prior025 holdout10
+    python validation/dose.py --table        # the table of all recorded runs
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, os.fspath(HERE))
+
+from depth_prior import BI_DEPTHS, DATA, THICKNESS, TRUTH, bi_depths  # noqa: E402
+from depth_prior import load as load_dataset  # noqa: E402
+
+import app_extension.solver.steps as steps  # noqa: E402
+from app_extension.solver.config import SolverConfig  # noqa: E402
+from app_extension.solver.engine import reconstruct  # noqa: E402
+
+RESULTS = HERE / "results" / "dose.json"
+
+#: Candidate name -> option changes on top of ``SolverConfig()`` defaults.
+CANDIDATES: dict[str, dict] = {
+    "default": {},
+    "rprop": {"dz_confirm_flips": False},
+    "poisson_loss": {"loss": "poisson", "dz_confirm_flips": False},
+    "anscombe_rprop": {"loss": "anscombe", "dz_confirm_flips": False},
+    "anscombe": {"loss": "anscombe"},
+    "poisson": {"loss": "poisson"},
+    "prior025": {"depth_regularization": 0.25},
+    "no_positions": {"refine_positions": False},
+    "lr_object_half": {"lr_object": 1e-2},
+}
+
+
+#: Diagnostic candidates, made by wrapping steps (not options): name -> fraction of positions held out.
+HOLDOUT = {"holdout10": 0.1}
+CANDIDATES.update({name: {} for name in HOLDOUT})
+
+
+def _hold_out(fraction: float, num_positions: int, seed: int = 0):
+    """Wrap ``steps.batch_order`` and ``steps.gradient_step``: the dz gradient from held-out positions only.
+
+    A fixed random ``fraction`` of the positions never updates the object, probe or
+    tilt; their batches (one after each ordinary batch) give the whole dz gradient,
+    and the ordinary batches give none. If the thickness at dose is high because a
+    larger dz lets the slices fit more of the noise, the held-out gradient is free of it.
+    Returns a function that restores the steps.
+    """
+    held = np.zeros(num_positions, bool)
+    held[np.random.default_rng(seed).permutation(num_positions)[: int(round(fraction * num_positions))]] = True
+    held_t = torch.as_tensor(held)
+    order, step = steps.batch_order, steps.gradient_step
+
+    def batch_order(run, iteration):
+        out = []
+        for batch in order(run, iteration):
+            mask = held_t[batch.cpu()]
+            out += [b for b in (batch[~mask], batch[mask]) if b.numel()]
+        return out
+
+    def gradient_step(run, batch):
+        dz = run.state.slice_thickness
+        before = None if dz.grad is None else dz.grad.clone()
+        if bool(held_t[batch.cpu()].all()):
+            run.adam.zero_grad(set_to_none=True)
+            prop = steps.batch_propagator(run, batch)
+            model = steps.forward(
+                run.state.probe, run.state.phase, run.state.amplitude, steps.batch_corners(run, batch), prop
+            )
+            loss = steps.LOSSES[run.config.loss](model, run.data.targets(batch), run.data.mask)
+            loss.backward()
+            run.adam.zero_grad(set_to_none=True)  # the object, probe and tilt learn nothing from them
+            return float(loss.detach())
+        value = step(run, batch)
+        dz.grad = before  # the ordinary batches give no dz gradient
+        return value
+
+    steps.batch_order, steps.gradient_step = batch_order, gradient_step
+
+    def restore():
+        steps.batch_order, steps.gradient_step = order, step
+
+    return restore
+
+
+def run_one(data, geometry, dataset: str, num_slices: int, candidate: str, iterations: int) -> dict:
+    """One reconstruction; the per-pass dz gradient is recorded by wrapping ``steps.thickness_step``."""
+    grads: list[float] = []
+    original = steps.thickness_step
+
+    def recording(run):
+        g = run.state.slice_thickness.grad
+        grads.append(float("nan") if g is None else float(g))
+        original(run)
+
+    config = SolverConfig(
+        num_slices=num_slices,
+        slice_thickness=1.3 * THICKNESS / num_slices,
+        iterations=iterations,
+        **CANDIDATES[candidate],
+    )
+    steps.thickness_step = recording
+    restore = None
+    if candidate in HOLDOUT:
+        restore = _hold_out(HOLDOUT[candidate], geometry.scan_positions.shape[0])
+    t0 = time.perf_counter()
+    try:
+        state = reconstruct(data, geometry, config, show_progressbar=False)
+    finally:
+        steps.thickness_step = original
+        if restore is not None:
+            restore()
+    wall = time.perf_counter() - t0
+    t = state.tilt_mrad
+    truth = TRUTH[dataset]
+    thick = np.asarray(state.history["slice_thickness"]) * num_slices
+    row = {
+        "dataset": dataset,
+        "num_slices": num_slices,
+        "candidate": candidate,
+        "options": CANDIDATES[candidate],
+        "iterations": iterations,
+        "tilt_mrad": [round(float(v), 3) for v in t],
+        "tilt_error_mrad": round(float(np.abs(np.asarray(t) - truth).max()), 3),
+        "thickness_A": round(state.thickness, 2),
+        "thickness_error": round(state.thickness / THICKNESS - 1, 4),
+        "thickness_history_A": np.round(thick, 2).tolist(),
+        "loss_history": [round(float(v), 6) for v in state.history["loss"]],
+        "dz_gradient_history": [float(f"{g:.4g}") for g in grads],
+        "wall_s": round(wall, 1),
+    }
+    if dataset == "dopants":
+        found = bi_depths(state)
+        err = np.abs(np.asarray(found["found_A"]) - BI_DEPTHS)
+        row["bi_found_A"] = np.round(found["found_A"], 2).tolist()
+        row["bi_error_A"] = err.round(2).tolist()
+        row["bi_order_ok"] = bool(np.all(np.argsort(found["found_A"]) == np.argsort(BI_DEPTHS)))
+        ref = np.abs(np.asarray(found["found_vs_sr_A"]) - BI_DEPTHS)
+        row["bi_error_vs_sr_A"] = ref.round(2).tolist()
+        row["bi_vs_sr_order_ok"] = bool(
+            np.all(np.argsort(found["found_vs_sr_A"]) == np.argsort(BI_DEPTHS))
+        )
+    return row
+
+
+def _save(row: dict) -> None:
+    rows = json.loads(RESULTS.read_text())["runs"] if RESULTS.exists() else []
+    key = (row["dataset"], row["num_slices"], row["candidate"], row["iterations"])
+    rows = [r for r in rows if (r["dataset"], r["num_slices"], r["candidate"], r["iterations"]) != key]
+    rows.append(row)
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    RESULTS.write_text(json.dumps({"truth_thickness_A": THICKNESS, "runs": rows}, indent=1))
+
+
+def table() -> str:
+    rows = json.loads(RESULTS.read_text())["runs"]
+    lines = [
+        "| data | slices | candidate | iterations | tilt mrad | thickness Å | error | ok |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for r in sorted(rows, key=lambda r: (r["candidate"], r["dataset"], r["num_slices"])):
+        tol = 0.05
+        ok = abs(r["thickness_error"]) < tol and r["tilt_error_mrad"] < 0.5
+        t = r["tilt_mrad"]
+        lines.append(
+            f"| {r['dataset']} | {r['num_slices']} | {r['candidate']} | {r['iterations']} | "
+            f"({t[0]:.2f}, {t[1]:.2f}) | {r['thickness_A']:.1f} | {100 * r['thickness_error']:+.1f} % | "
+            f"{'yes' if ok else '**no**'} |"
+        )
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--datasets", nargs="+", default=["poisson", "tilt"], choices=["poisson", "tilt", "dopants"])
+    p.add_argument("--slices", type=int, nargs="+", default=[5, 10])
+    p.add_argument("--candidates", nargs="+", default=["default"], choices=sorted(CANDIDATES))
+    p.add_argument("--iterations", type=int, default=20)
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--table", action="store_true", help="print the table of the recorded runs and stop")
+    args = p.parse_args(argv)
+    if args.table:
+        print(table())
+        return 0
+    if not (DATA / "sto_tilt_8_-3.h5").exists():
+        print(f"Reference data not found in {DATA}; nothing to do.", file=sys.stderr)
+        return 2
+    torch.set_num_threads(args.threads)
+    for dataset in args.datasets:
+        data, geometry = load_dataset(dataset)
+        for s in args.slices:
+            for name in args.candidates:
+                row = run_one(data, geometry, dataset, s, name, args.iterations)
+                _save(row)
+                print(
+                    f"{dataset} {s} {name}: tilt {row['tilt_mrad']} thickness {row['thickness_A']} "
+                    f"({100 * row['thickness_error']:+.1f} %) wall {row['wall_s']} s",
+                    flush=True,
+                )
+                print("  thickness", row["thickness_history_A"], flush=True)
+                print("  dz grad", row["dz_gradient_history"], flush=True)
+                if "bi_error_A" in row:
+                    print("  Bi errors", row["bi_error_A"], "vs Sr", row["bi_error_vs_sr_A"], flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
