@@ -34,6 +34,7 @@ import numpy as np
 import torch
 
 import app_extension.solver.engine as engine
+import app_extension.solver.steps as steps
 from app_extension.physics.optics import electron_wavelength
 from app_extension.solver.config import Geometry, SolverConfig
 from app_extension.solver.depth_prior import AnnealedPrior, SpectralPrior, plain_prior
@@ -111,7 +112,7 @@ def run(args) -> None:
     runs = Path(args.runs)
     runs.mkdir(parents=True, exist_ok=True)
     factories = candidates()
-    original = engine.smooth_depth
+    original = steps.smooth_depth
     for dataset in args.datasets:
         data, geometry = load(dataset)
         for s in args.slices:
@@ -121,7 +122,7 @@ def run(args) -> None:
                     print(f"skip {path.name}", flush=True)
                     continue
                 prior = factories[name]()
-                engine.smooth_depth = prior
+                steps.smooth_depth = prior
                 config = SolverConfig(
                     num_slices=s, slice_thickness=1.3 * THICKNESS / s, iterations=args.iterations
                 )
@@ -135,7 +136,7 @@ def run(args) -> None:
                         callback=getattr(prior, "update", None),
                     )
                 finally:
-                    engine.smooth_depth = original
+                    steps.smooth_depth = original
                 wall = time.perf_counter() - t0
                 extra = {"wall_s": wall, "dataset": dataset, "candidate": name}
                 if isinstance(prior, AnnealedPrior):
