@@ -23,6 +23,8 @@ import platform
 import time
 from pathlib import Path
 
+import numpy as np
+
 HERE = Path(__file__).resolve().parent
 DATA = HERE.parent.parent / "shared" / "data" / "sto_real_H.h5"
 
@@ -75,11 +77,23 @@ def main(argv=None) -> int:
             **options,
         )
         wall = time.perf_counter() - t0
-        history = obj.metadata.Signal.Ptychography.history
+        p = obj.metadata.Signal.Ptychography
         runs[name] = {
             "wall_s": wall,
-            "solver_s": float(history.data[-1, -1]) if history.data.ndim > 1 else None,
+            "tilt_mrad_scan_frame": [float(p.tilt_x), float(p.tilt_y)],
+            "thickness_A": float(p.thickness),
+            "loss": float(p.loss),
         }
+        if p.has_item("Calibration.json"):
+            c = json.loads(str(p.Calibration.json))
+            a = np.deg2rad(float(c["rotation_deg"]))
+            tx, ty = runs[name]["tilt_mrad_scan_frame"]
+            runs[name]["tilt_mrad_detector_frame"] = [
+                tx * np.cos(a) - ty * np.sin(a),
+                tx * np.sin(a) + ty * np.cos(a),
+            ]
+            keys = ("centre_px", "rotation_deg", "transposed", "bad_pixels", "defocus_A")
+            runs[name]["calibration"] = {k: c.get(k) for k in keys}
         print(name, json.dumps(runs[name]), flush=True)
     result = {
         "settings": vars(args),
