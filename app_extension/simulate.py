@@ -91,6 +91,50 @@ def _gaussians(
     return out
 
 
+def _far_field(
+    trans: torch.Tensor,
+    grid_origin: tuple[float, float],
+    positions: np.ndarray,
+    sampling: float,
+    energy: float,
+    semiangle: float,
+    defocus: float,
+    aberrations: dict | None,
+    dz: float,
+    fine: int,
+    pattern_size: int,
+    batch_size: int,
+) -> np.ndarray:
+    """Far-field patterns (P, n, n), optic axis at n // 2, of the transmission slices ``trans``.
+
+    The probe is propagated straight down (fixed propagator, slice spacing ``dz``) on the fine
+    grid of ``trans``, whose pixel [0, 0] sits at ``grid_origin`` (y, x) in Å, through a
+    ``fine`` x ``fine`` window per position; the central ``pattern_size`` pixels of each
+    pattern are kept.
+    """
+    window = fine * sampling
+    probe = make_probe((fine, fine), sampling, energy, semiangle, defocus, aberrations, intensity=1.0)[None]
+    ky, kx = fourier_grid((fine, fine), sampling)
+    prop = propagator(ky, kx, electron_wavelength(energy), dz)
+    corners = (positions - np.array(grid_origin) - window / 2) / sampling
+    start = fine // 2 - pattern_size // 2
+    out = np.empty((positions.shape[0], pattern_size, pattern_size), dtype=np.float32)
+    rows = torch.arange(fine)
+    for b0 in range(0, positions.shape[0], batch_size):
+        c = torch.as_tensor(corners[b0 : b0 + batch_size])
+        ci = torch.floor(c).long()
+        probes = shift_probes(probe, (c - ci).float())
+        r = ci[:, 0, None] + rows[None]
+        q = ci[:, 1, None] + rows[None]
+        patches = trans[:, r[:, :, None], q[:, None, :]]
+        intensity = farfield_intensity(multislice(probes, patches, prop))
+        shifted = torch.fft.fftshift(intensity, dim=(-2, -1))
+        out[b0 : b0 + batch_size] = shifted[
+            :, start : start + pattern_size, start : start + pattern_size
+        ].numpy()
+    return out
+
+
 def simulate_tilted_crystal(
     tilt: tuple[float, float] = (8.0, -3.0),
     unit_cells_z: int = 20,
@@ -170,26 +214,20 @@ def simulate_tilted_crystal(
     phase = torch.as_tensor(np.array(planes), dtype=torch.float32)
     trans = torch.polar(torch.ones_like(phase), phase)
 
-    wavelength = electron_wavelength(energy)
-    probe = make_probe((fine, fine), sampling, energy, semiangle, defocus, aberrations, intensity=1.0)[None]
-    ky, kx = fourier_grid((fine, fine), sampling)
-    prop = propagator(ky, kx, wavelength, a / 2)
-    corners = (positions - np.array([gy[0], gx[0]]) - window / 2) / sampling
-    start = fine // 2 - pattern_size // 2
-    out = np.empty((positions.shape[0], pattern_size, pattern_size), dtype=np.float32)
-    rows = torch.arange(fine)
-    for b0 in range(0, positions.shape[0], batch_size):
-        c = torch.as_tensor(corners[b0 : b0 + batch_size])
-        ci = torch.floor(c).long()
-        probes = shift_probes(probe, (c - ci).float())
-        r = ci[:, 0, None] + rows[None]
-        q = ci[:, 1, None] + rows[None]
-        patches = trans[:, r[:, :, None], q[:, None, :]]
-        intensity = farfield_intensity(multislice(probes, patches, prop))
-        shifted = torch.fft.fftshift(intensity, dim=(-2, -1))
-        out[b0 : b0 + batch_size] = shifted[
-            :, start : start + pattern_size, start : start + pattern_size
-        ].numpy()
+    out = _far_field(
+        trans,
+        (gy[0], gx[0]),
+        positions,
+        sampling,
+        energy,
+        semiangle,
+        defocus,
+        aberrations,
+        a / 2,
+        fine,
+        pattern_size,
+        batch_size,
+    )
     if dose is not None:
         rng = np.random.default_rng(seed)
         electrons = dose * scan_step**2
@@ -295,26 +333,20 @@ def simulate_tilt_field(
     phase = torch.as_tensor(np.array(planes), dtype=torch.float32)
     trans = torch.polar(torch.ones_like(phase), phase)
 
-    wavelength = electron_wavelength(energy)
-    probe = make_probe((fine, fine), sampling, energy, semiangle, defocus, intensity=1.0)[None]
-    ky, kx = fourier_grid((fine, fine), sampling)
-    prop = propagator(ky, kx, wavelength, a / 2)
-    corners = (positions - np.array([gy[0], gx[0]]) - window / 2) / sampling
-    start = fine // 2 - pattern_size // 2
-    out = np.empty((positions.shape[0], pattern_size, pattern_size), dtype=np.float32)
-    rows = torch.arange(fine)
-    for b0 in range(0, positions.shape[0], batch_size):
-        c = torch.as_tensor(corners[b0 : b0 + batch_size])
-        ci = torch.floor(c).long()
-        probes = shift_probes(probe, (c - ci).float())
-        r = ci[:, 0, None] + rows[None]
-        q = ci[:, 1, None] + rows[None]
-        patches = trans[:, r[:, :, None], q[:, None, :]]
-        intensity = farfield_intensity(multislice(probes, patches, prop))
-        shifted = torch.fft.fftshift(intensity, dim=(-2, -1))
-        out[b0 : b0 + batch_size] = shifted[
-            :, start : start + pattern_size, start : start + pattern_size
-        ].numpy()
+    out = _far_field(
+        trans,
+        (gy[0], gx[0]),
+        positions,
+        sampling,
+        energy,
+        semiangle,
+        defocus,
+        None,
+        a / 2,
+        fine,
+        pattern_size,
+        batch_size,
+    )
     if dose is not None:
         rng = np.random.default_rng(seed)
         out = rng.poisson(out * dose * scan_step**2).astype(np.float32)
