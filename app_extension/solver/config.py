@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .options import Option, OptionError, UnknownOptionError, check, option, options_of
+from .options import Declared, OptionError, UnknownOptionError, option
 
 __all__ = ["Geometry", "SolverConfig", "ExperimentOptions", "CalibrationOptions", "OptionError"]
 
@@ -88,7 +88,7 @@ class Geometry:
 
 
 @dataclass
-class SolverConfig:
+class SolverConfig(Declared):
     """Reconstruction options, each declared once (see :mod:`.options`).
 
     Every field carries its type, unit, default, valid range and help text;
@@ -275,15 +275,6 @@ class SolverConfig:
     )
     device: str = option("cpu", "Torch device: 'cpu', 'cuda', 'cuda:1' ('gpu' = 'cuda').", kind="device")
 
-    def __post_init__(self):
-        for name, opt in options_of(type(self)).items():
-            setattr(self, name, check(opt, getattr(self, name)))
-
-    @classmethod
-    def options(cls) -> dict[str, Option]:
-        """The declared options (name -> :class:`~.options.Option`)."""
-        return options_of(cls)
-
     @property
     def depth_weight(self) -> float:
         """The z-smoothness weight in use (``depth_regularization`` or the mode's default)."""
@@ -342,7 +333,7 @@ _RENAMED = {"tilt_alignment_every": "drift_to_tilt_every", "tilt_alignment_start
 
 
 @dataclass
-class ExperimentOptions:
+class ExperimentOptions(Declared):
     """Options that set the probe and the scan rather than the optimisation.
 
     They change the physics of the model, so a resumed run refuses them
@@ -376,17 +367,9 @@ class ExperimentOptions:
         cli=False,
     )
 
-    def __post_init__(self):
-        for name, opt in options_of(type(self)).items():
-            setattr(self, name, check(opt, getattr(self, name)))
-
-    @classmethod
-    def options(cls) -> dict[str, Option]:
-        return options_of(cls)
-
 
 @dataclass
-class CalibrationOptions:
+class CalibrationOptions(Declared):
     """The data-preparation stage (:mod:`app_extension.measurements`): what it finds from the data.
 
     Every step is on by default; ``calibrate=False`` switches them all off, so
@@ -439,11 +422,3 @@ class CalibrationOptions:
         allow_none=True,
         cli=False,
     )
-
-    def __post_init__(self):
-        for name, opt in options_of(type(self)).items():
-            setattr(self, name, check(opt, getattr(self, name)))
-
-    @classmethod
-    def options(cls) -> dict[str, Option]:
-        return options_of(cls)

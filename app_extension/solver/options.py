@@ -24,6 +24,7 @@ import numpy as np
 
 __all__ = [
     "Option",
+    "Declared",
     "OptionError",
     "UnknownOptionError",
     "option",
@@ -100,6 +101,19 @@ class Option:
         if self.high is not None:
             parts.append(f"{'<' if self.open_high else '<='} {self.high:g}")
         return ", ".join(parts)
+
+
+class Declared:
+    """Base of the dataclasses whose fields are options: every field is checked on construction."""
+
+    def __post_init__(self):
+        for name, opt in options_of(type(self)).items():
+            setattr(self, name, check(opt, getattr(self, name)))
+
+    @classmethod
+    def options(cls) -> dict[str, Option]:
+        """The declared options (name -> :class:`Option`)."""
+        return options_of(cls)
 
 
 def option(default, help: str, **spec) -> dataclasses.Field:
