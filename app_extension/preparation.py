@@ -101,7 +101,7 @@ def prepare_data(
         thickness=thickness,
     )
     lazy = hasattr(data, "compute") and not isinstance(data, np.ndarray)
-    _check_values(data, lazy)  # NaN and negative counts: the solver's own clear errors, before any fit
+    _check_values(data)  # NaN and negative counts: the solver's own clear errors, before any fit
     prepared = prepare(data, recorded, options, materialise=not lazy)
     patterns = prepared.patterns if not lazy else _resample_to_memmap(data, prepared)
     for warning in prepared.report.warnings:
@@ -116,18 +116,11 @@ def prepare_data(
     )
 
 
-def _check_values(data, lazy: bool) -> None:
-    from .solver.data import check_intensities
+def _check_values(data) -> None:
+    """NaN, negative and all-zero data: the solver's own chunk-wise checks, with no float copy."""
+    from .solver.data import Patterns
 
-    if not lazy:
-        check_intensities(np.asarray(data))
-        return
-    import dask.array as da
-
-    bad, low = da.compute(~da.isfinite(data).all(), data.min())
-    if bad or low < 0:
-        first = np.asarray(data[:1, :1].compute())  # check_intensities words the problem
-        check_intensities(first if not bad and low >= 0 else np.asarray(data.compute()))
+    Patterns(data, None).check()
 
 
 def _user_mask(calibration: CalibrationOptions) -> np.ndarray | None:
