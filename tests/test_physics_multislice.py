@@ -232,3 +232,25 @@ def test_fast_backward_matches_autograd_reference(dtype, num_modes, tilt):
         scale = want.abs().max()
         torch.testing.assert_close(got / scale, want / scale, **tol)
         torch.testing.assert_close(again, got, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("loop", [True, False])
+def test_window_adder_sums_overlaps_like_index_add(loop):
+    """Both ways of adding window gradients (CPU loop, one index_add_) give the
+    pixel-by-pixel sum, with windows that overlap and touch the object's edges."""
+    from app_extension.physics.multislice import _row_starts, _window_adder, patch_index
+
+    g = torch.Generator().manual_seed(3)
+    height, width, n = 23, 19, 8
+    corners = torch.tensor([[0, 0], [15, 11], [3, 4], [3, 5], [15, 0], [0, 11]])
+    windows = torch.randn(len(corners), n, n, dtype=torch.complex64, generator=g)
+    expected = torch.zeros(height * width, dtype=torch.complex64)
+    expected.index_add_(0, patch_index(corners, (n, n), width), windows.reshape(-1))
+    target = torch.zeros(height, width, dtype=torch.complex64)
+    _window_adder(corners, (n, n), width, loop=loop)(target, windows)
+    torch.testing.assert_close(target.reshape(-1), expected)
+    # the row gather of the forward cuts the same windows
+    obj = torch.randn(height * width, dtype=torch.complex64, generator=g)
+    rows = obj.as_strided((obj.numel() - n + 1, n), (1, 1))
+    cut = rows.index_select(0, _row_starts(corners, n, width)).view(-1, n, n)
+    torch.testing.assert_close(cut.reshape(-1), obj[patch_index(corners, (n, n), width)])

@@ -135,17 +135,21 @@ class _MultisliceIntensity(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, probes, obj, index, prop):
+    def forward(ctx, probes, obj, corners, prop):
         n_slices = obj.shape[0]
         b, n_y, n_x = probes.shape[0], probes.shape[-2], probes.shape[-1]
         flat = obj.reshape(n_slices, -1)
+        starts = _row_starts(corners, n_y, obj.shape[-1])
         h = prop[:, None] if prop.ndim == 3 else prop
         need_prop = ctx.needs_input_grad[3]
         psis, spectra, patches = [], [], []
         psi = probes
         far = None
         for s in range(n_slices):
-            t = flat[s].index_select(0, index).view(b, 1, n_y, n_x)
+            # Each window row is n_x contiguous pixels: gather whole rows from a view in
+            # which row i starts at pixel i (6x faster on a CPU than pixel by pixel).
+            rows = flat[s].as_strided((flat.shape[1] - n_x + 1, n_x), (1, 1))
+            t = rows.index_select(0, starts).view(b, 1, n_y, n_x)
             patches.append(t)
             psis.append(psi)
             u = psi * t
@@ -162,7 +166,7 @@ class _MultisliceIntensity(torch.autograd.Function):
         ctx.save_for_backward(prop, far, *psis, *spectra, *patches)
         ctx.n_slices = n_slices
         ctx.obj_shape = obj.shape
-        ctx.index = index
+        ctx.corners = corners
         return intensity
 
     @staticmethod
@@ -173,22 +177,18 @@ class _MultisliceIntensity(torch.autograd.Function):
         # small object and propagator gradients are conjugated once at the end.
         prop, far, *rest = ctx.saved_tensors
         n_slices = ctx.n_slices
-        index = ctx.index
         need_probe, need_obj, _, need_prop = ctx.needs_input_grad
         psis = rest[:n_slices]
         spectra = rest[n_slices : len(rest) - n_slices]
         patches = rest[len(rest) - n_slices :]
         h = prop[:, None] if prop.ndim == 3 else prop
-        grad_obj = (
-            torch.zeros((n_slices, ctx.obj_shape[1] * ctx.obj_shape[2]), dtype=far.dtype, device=far.device)
-            if need_obj
-            else None
-        )
+        grad_obj = torch.zeros(ctx.obj_shape, dtype=far.dtype, device=far.device) if need_obj else None
+        add_windows = _window_adder(ctx.corners, far.shape[-2:], ctx.obj_shape[-1]) if need_obj else None
         prop_acc = torch.zeros_like(spectra[0]) if need_prop and n_slices > 1 else None
         gamma = _fft2(far.conj() * (2 * grad_intensity[:, None]))
         for s in range(n_slices - 1, -1, -1):
             if need_obj:
-                grad_obj[s].index_add_(0, index, _sum_modes(psis[s] * gamma).reshape(-1))
+                add_windows(grad_obj[s], _sum_modes(psis[s] * gamma))
             if s == 0 and not need_probe:
                 break
             gamma = gamma.mul_(patches[s])
@@ -199,7 +199,7 @@ class _MultisliceIntensity(torch.autograd.Function):
                 gamma = _fft2(sigma.mul_(h))
         grad_probes = gamma.conj() if need_probe else None
         if grad_obj is not None:
-            grad_obj = grad_obj.view(ctx.obj_shape).conj()
+            grad_obj = grad_obj.conj()
         grad_prop = None
         if need_prop:
             if prop_acc is None:
@@ -212,6 +212,38 @@ class _MultisliceIntensity(torch.autograd.Function):
 def _sum_modes(x: torch.Tensor) -> torch.Tensor:
     """Sum over the mode axis (1) of (B, M, N, N); a view when M == 1."""
     return x[:, 0] if x.shape[1] == 1 else x.sum(dim=1)
+
+
+def _row_starts(corners: torch.Tensor, n_y: int, width: int) -> torch.Tensor:
+    """Flat index of the first pixel of every window row, (B*n_y,), window by window."""
+    rows = corners[:, 0, None] + torch.arange(n_y, device=corners.device)[None]
+    return (rows * width + corners[:, 1, None]).reshape(-1)
+
+
+def _window_adder(corners: torch.Tensor, size: tuple[int, int], width: int, loop: bool | None = None):
+    """A function ``add(target, windows)`` that adds (B, N_y, N_x) ``windows`` into the
+    (H, width) ``target`` at ``corners``, summing where windows overlap.
+
+    On a CPU, torch's ``index_add_`` runs on one thread, pixel by pixel; adding each
+    window to a view of the target is about twice as fast (measured for 64 windows of
+    128 x 128). On other devices one ``index_add_`` kernel is the fast way. ``loop``
+    forces one way (tests).
+    """
+    n_y, n_x = size
+    if loop if loop is not None else corners.device.type == "cpu":
+        places = [(r, c) for r, c in corners.tolist()]
+
+        def add(target, windows):
+            for k, (r, c) in enumerate(places):
+                target[r : r + n_y, c : c + n_x].add_(windows[k])
+
+        return add
+    index = patch_index(corners, size, width)
+
+    def add_flat(target, windows):
+        target.view(-1).index_add_(0, index, windows.reshape(-1))
+
+    return add_flat
 
 
 def patch_index(corners: torch.Tensor, size: tuple[int, int], width: int) -> torch.Tensor:
@@ -261,5 +293,4 @@ def forward(
         obj = transmission(extract_patches(phase, corners, size), extract_patches(amplitude, corners, size))
         return farfield_intensity(multislice(probes, obj, prop))
     obj = transmission(phase, amplitude)
-    index = patch_index(corners, size, phase.shape[-1])
-    return _MultisliceIntensity.apply(probes, obj, index, prop)
+    return _MultisliceIntensity.apply(probes, obj, corners, prop)

@@ -314,7 +314,8 @@ def estimate_memory(
     dev["batch loss terms"] = 6 * plane
     if config.tilt_map:
         dev["tilt map"] = 4 * 2 * p * 8
-    dev["scan positions and index"] = 8 * p * 4 + 8 * b * w * w  # patch index (B*W*W int64)
+    # window row starts; off the CPU the backward also builds a flat patch index (B*W*W int64)
+    dev["scan positions and index"] = 8 * p * 4 + 8 * b * w * w
 
     held = p * n * n * itemsize if in_memory else 0
     position = n * n * itemsize
