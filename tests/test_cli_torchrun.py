@@ -1,10 +1,12 @@
 """The command line and ``ptycho_app`` under ``torchrun`` (2 processes, gloo on the CPU), unchanged.
 
-Each test starts ``python -m torch.distributed.run --standalone`` (a free port
-of its own) on the small simulated scan; most of its time is the start-up of
-torchrun and of the two workers (imports), not the reconstruction.
-Measured for the whole file: 20-31 s on the shared 2-core machine at a
-1-minute load of 2-4 (each test 7-17 s), 45 s at a load of 4.6.
+One ``python -m torch.distributed.run --standalone`` launch (a free port of its
+own) serves both tests: each rank first runs the command line exactly as
+``python -m app_extension reconstruct ...`` would (``runpy``), then a user's
+``ptycho_app`` script, with a barrier and a marker line between the two so the
+output of each can be checked on its own. Most of the launch's time is the
+start-up of torchrun and of the two workers (imports), not the reconstruction,
+which is why one launch does both.
 """
 
 from __future__ import annotations
@@ -76,27 +78,75 @@ def scan_file(small_dataset, tmp_path_factory) -> Path:
     return path
 
 
-def test_cli_under_torchrun_writes_once_and_agrees_with_one_process(
-    scan_file, small_dataset, tmp_path, capsys
-):
-    flags = _flags(small_dataset)
-    runs = tmp_path / "torchrun"
-    runs.mkdir()
+LAUNCH = """
+import os
+import runpy
+import sys
+
+import torch
+import torch.distributed as dist
+
+torch.set_num_threads(1)
+cli_dir, app_dir, script, script_args, *cli_args = sys.argv[1:]
+# 1. the command line, as `python -m app_extension ...` runs it
+os.chdir(cli_dir)
+sys.argv = ["app_extension", *cli_args]
+try:
+    runpy.run_module("app_extension", run_name="__main__", alter_sys=True)
+except SystemExit as stop:
+    if stop.code:
+        raise
+sys.stdout.flush()
+sys.stderr.flush()
+dist.barrier()
+if dist.get_rank() == 0:
+    print("=== ptycho_app ===", flush=True)
+    print("=== ptycho_app ===", file=sys.stderr, flush=True)
+dist.barrier()
+# 2. a user's script
+os.chdir(app_dir)
+sys.argv = [script, *script_args.split("|")]
+runpy.run_path(script, run_name="__main__")
+"""
+
+
+@pytest.fixture(scope="module")
+def launch(scan_file, small_dataset, tmp_path_factory):
+    """One torchrun launch: the CLI in ``cli/``, then the user script in ``app/``."""
+    root = tmp_path_factory.mktemp("torchrun_launch")
+    cli_dir, app_dir = root / "cli", root / "app"
+    cli_dir.mkdir()
+    app_dir.mkdir()
+    (root / "launch.py").write_text(LAUNCH)
+    script = app_dir / "user_script.py"
+    script.write_text(SCRIPT)
+    g = small_dataset.geometry
+    numbers = [g.energy / 1e3, g.semiangle, small_dataset.scan_step, g.reciprocal_sampling, g.defocus]
+    cli_args = [
+        "reconstruct",
+        str(scan_file),
+        *_flags(small_dataset),
+        "--checkpoint",
+        "run.ckpt",
+        "-o",
+        "run.hspy",
+    ]
+    script_args = "|".join(map(str, [scan_file, *numbers]))  # the script's own sys.argv[1:]
     done = _torchrun(
-        [
-            "-m",
-            "app_extension",
-            "reconstruct",
-            str(scan_file),
-            *flags,
-            "--checkpoint",
-            "run.ckpt",
-            "-o",
-            "run.hspy",
-        ],
-        cwd=runs,
+        [str(root / "launch.py"), str(cli_dir), str(app_dir), str(script), script_args, *cli_args], cwd=root
     )
     assert done.returncode == 0, done.stdout + done.stderr
+    out, err = done.stdout.split("=== ptycho_app ===\n"), done.stderr.split("=== ptycho_app ===\n")
+    assert len(out) == 2 and len(err) == 2, done.stdout + done.stderr
+    return {"cli": (cli_dir, out[0], err[0]), "app": (app_dir, out[1], err[1])}
+
+
+def test_cli_under_torchrun_writes_once_and_agrees_with_one_process(
+    launch, scan_file, small_dataset, tmp_path, capsys
+):
+    flags = _flags(small_dataset)
+    runs, stdout, stderr = launch["cli"]
+    done = subprocess.CompletedProcess([], 0, stdout, stderr)
     # rank 0 alone wrote the result, its PNG summary and the checkpoint, and printed the report
     assert sorted(p.name for p in runs.iterdir()) == ["run.ckpt", "run.hspy", "run.png"]
     assert done.stdout.count("result: run.hspy") == 1
@@ -164,15 +214,10 @@ result.save(f"rank{rank}_of_{world}.hspy")
 """
 
 
-def test_ptycho_app_under_torchrun_returns_the_same_result_on_every_rank(scan_file, small_dataset, tmp_path):
+def test_ptycho_app_under_torchrun_returns_the_same_result_on_every_rank(launch):
     """A user's script, unchanged, under torchrun: the lazy signal is shared, both ranks get the result."""
-    script = tmp_path / "user_script.py"
-    script.write_text(SCRIPT)
-    g = small_dataset.geometry
-    numbers = [g.energy / 1e3, g.semiangle, small_dataset.scan_step, g.reciprocal_sampling, g.defocus]
-    done = _torchrun([str(script), str(scan_file), *map(str, numbers)], cwd=tmp_path)
-    assert done.returncode == 0, done.stdout + done.stderr
-    r0, r1 = (hs.load(tmp_path / f"rank{r}_of_2.hspy") for r in (0, 1))
+    folder, _, _ = launch["app"]
+    r0, r1 = (hs.load(folder / f"rank{r}_of_2.hspy") for r in (0, 1))
     np.testing.assert_array_equal(r0.data, r1.data)
     assert r0.metadata.Signal.Ptychography.iterations == 3
     # the lazy signal's dask array reached the solver: nothing of it was held in memory
