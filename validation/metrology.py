@@ -3,7 +3,8 @@
 APP runs with default options from tilt (0, 0) and a slice thickness 30 % too
 large; FPP with the propagator fixed at tilt 0 and the true slice thickness,
 post-aligned (the standard misorientation fix). Both 20 iterations. On the
-slice-averaged phase (APP) or the post-aligned mean phase (FPP), cropped to the
+slice-averaged phase (APP) or the post-aligned mean phase (FPP; also its slice
+mean as reconstructed, without the post-alignment), cropped to the
 scanned field plus ``--margin`` Å, the tools of :mod:`app_extension.analysis`
 find the lattice from the FFT (origin at a Sr column), fit every column and
 report |d_Sr-TiO| and |d_O-TiO| (mean and standard deviation over the cells, pm),
@@ -80,8 +81,8 @@ def site_errors(columns, truth) -> dict:
     return out
 
 
-def analyse(signal, truth, margin: float) -> dict:
-    img, x, y = image_from_signal(signal)
+def analyse(signal, truth, margin: float, post_aligned: bool = True) -> dict:
+    img, x, y = image_from_signal(signal, use_post_alignment=post_aligned)
     keep_x = (x >= -margin) & (x <= FIELD + margin)
     keep_y = (y >= -margin) & (y <= FIELD + margin)
     img = img[np.ix_(keep_y, keep_x)]
@@ -136,9 +137,11 @@ def main(argv=None) -> int:
         for mode in ("app", "fpp"):
             state, config = reconstruction(mode, s, args.iterations, runs, data, geometry)
             signal = state_to_signal(state, config, geometry)
-            for margin in args.margins:
+            images = (True, False) if mode == "fpp" else (True,)  # FPP also as reconstructed
+            for margin, post_aligned in ((m, a) for m in args.margins for a in images):
                 row = {
                     "mode": mode,
+                    "image": "slice mean" if mode == "app" else ("post-aligned" if post_aligned else "slice mean"),
                     "num_slices": s,
                     "iterations": args.iterations,
                     "tilt_mrad": np.round(state.tilt_mrad, 3).tolist(),
@@ -146,7 +149,7 @@ def main(argv=None) -> int:
                 }
                 if state.post_alignment is not None:
                     row["post_alignment_tilt_mrad"] = np.round(state.post_alignment["tilt_mrad"], 3).tolist()
-                row.update(analyse(signal, columns, margin))
+                row.update(analyse(signal, columns, margin, post_aligned))
                 rows.append(row)
                 print(json.dumps({k: v for k, v in row.items() if k != "cells"}), flush=True)
     with open(args.out, "w") as f:
