@@ -91,3 +91,52 @@ def test_bad_input():
         ax.scale, ax.units = STEP, "Å"
     with pytest.raises(ValueError, match="no depth axis"):
         depth_profile(image, (2.0, 2.0))
+
+
+def test_lattice_reference_removes_the_common_depth_trend():
+    """Every column's phase grows with depth (as channelling makes it); one column has a dopant in
+    slice 2. Its excess over its own mean peaks in the last slice; over the median of its
+    lattice-equivalent columns (another dopant among them does not matter) it peaks in slice 2."""
+    from app_extension.analysis import Lattice
+
+    n, a = 96, 1.2
+    x = np.arange(n) * STEP
+    xx, yy = np.meshgrid(x, x)
+    sites = [(a * (i + 0.5), a * (j + 0.5)) for i in range(8) for j in range(8)]
+    col = sum(np.exp(-((xx - u) ** 2 + (yy - v) ** 2) / (2 * 0.25**2)) for u, v in sites)
+    trend = 1.0 + 1.5 * np.arange(S) / (S - 1)  # the same rise with depth in every column
+    phase = 0.2 * col[None] * trend[:, None, None]
+
+    def bump(site):
+        return np.exp(-((xx - site[0]) ** 2 + (yy - site[1]) ** 2) / (2 * 0.25**2))
+
+    doped, other = sites[3 * 8 + 4], sites[5 * 8 + 2]
+    phase[2] += 0.12 * bump(doped)
+    phase[6] += 0.12 * bump(other)  # a second dopant, in a column that serves as a reference
+    lattice = Lattice((a, 0.0), (0.0, a), origin=(0.0, 0.0))
+    plain = column_profiles(phase, doped, x=x, y=x, dz=DZ)
+    assert plain["peak_index"][0] == S - 1  # the trend wins without a reference
+    out = column_profiles(phase, doped, x=x, y=x, dz=DZ, reference="lattice", lattice=lattice)
+    assert out["peak_index"][0] == 2
+    refs = out["reference_positions"][0]
+    assert len(refs) >= 20 and np.min(np.hypot(*(refs - np.array(doped)).T)) > 1.0
+    # the reference columns stay inside the region asked for
+    roi = ((2.0, 7.0), (2.0, 7.0))
+    out = column_profiles(
+        phase, doped, x=x, y=x, dz=DZ, reference="lattice", lattice=lattice, reference_roi=roi
+    )
+    refs = out["reference_positions"][0]
+    assert refs[:, 0].min() >= 2.0 and refs[:, 0].max() <= 7.0 and out["peak_index"][0] == 2
+    with pytest.raises(ValueError, match="needs lattice"):
+        column_profiles(phase, doped, x=x, y=x, dz=DZ, reference="lattice")
+    with pytest.raises(ValueError, match="No lattice-equivalent column"):
+        column_profiles(
+            phase,
+            doped,
+            x=x,
+            y=x,
+            dz=DZ,
+            reference="lattice",
+            lattice=lattice,
+            reference_roi=((0, 0.1), (0, 0.1)),
+        )

@@ -76,6 +76,8 @@ def column_profiles(
     radius: float = 0.4,
     refine: float = 0.0,
     reference=None,
+    lattice=None,
+    reference_roi=None,
 ) -> dict:
     """Phase along the slices through columns, and the depth of each one's strongest excess.
 
@@ -95,10 +97,28 @@ def column_profiles(
         If > 0, first move each position to the phase-weighted centroid of
         the mean phase within this radius (Å): the column centre.
     reference
-        Optional positions (x, y) of equivalent columns without the feature
-        (e.g. undoped columns of the same kind). Their mean profile is
-        subtracted before the excess is taken, which removes what every
-        column does with depth (channelling, probe spreading).
+        What every column of the kind does with depth (channelling, probe
+        spreading) is removed before the excess is taken, by subtracting a
+        reference profile:
+
+        * None: no reference (the excess over the column's own mean);
+        * positions (x, y) of equivalent columns without the feature (e.g.
+          undoped columns of the same kind): their mean profile;
+        * ``"lattice"``: for each position, the median profile of its
+          lattice-equivalent columns ``p + i a1 + j a2`` of ``lattice`` inside
+          ``reference_roi``, leaving out those within 1 Å of any of the
+          positions asked for. The median is not moved by a few other
+          dopants among them.
+    lattice
+        A :class:`~app_extension.analysis.columns.Lattice` (only ``a1`` and
+        ``a2`` are used), for ``reference="lattice"``: the translations that
+        map a column onto equivalent ones. For a perovskite, the cell of
+        :func:`~app_extension.analysis.perovskite_metrology` (its
+        ``"lattice"``), not a centred sub-lattice that maps A onto B columns.
+    reference_roi
+        ((x_min, x_max), (y_min, y_max)) in Å: where reference columns are
+        taken. Give the scanned field: outside it a reconstruction is poor.
+        None: the image less a margin of one lattice period.
 
     Returns
     -------
@@ -139,7 +159,25 @@ def column_profiles(
 
     profile = disk_profiles(pos)
     relative = profile
-    if reference is not None:
+    references = None
+    if isinstance(reference, str):
+        if reference != "lattice":
+            raise ValueError(f"reference must be None, positions or 'lattice', got {reference!r}.")
+        if lattice is None:
+            raise ValueError("reference='lattice' needs lattice= (a Lattice; see perovskite_metrology).")
+        references = _equivalent_sites(pos, lattice, x, y, reference_roi)
+        relative = profile.copy()
+        for k, sites in enumerate(references):
+            if len(sites) == 0:
+                raise ValueError(
+                    f"No lattice-equivalent column of ({pos[k, 0]:.2f}, {pos[k, 1]:.2f}) Å lies inside "
+                    "reference_roi; widen it or give reference positions."
+                )
+            if refine > 0:
+                sites = _refine(phase.mean(axis=0), x, y, sites, refine)
+                references[k] = sites
+            relative[k] = profile[k] - np.median(disk_profiles(sites), axis=0)
+    elif reference is not None:
         ref = _as_positions(reference)
         if refine > 0:
             ref = _refine(phase.mean(axis=0), x, y, ref, refine)
@@ -153,7 +191,29 @@ def column_profiles(
         "peak_depth": np.array([p[0] for p in peaks]),
         "peak_index": np.array([p[1] for p in peaks], dtype=int),
         "positions": pos,
+        "reference_positions": references,
     }
+
+
+def _equivalent_sites(pos: np.ndarray, lattice, x, y, roi) -> list[np.ndarray]:
+    """For each position, its lattice translates inside ``roi``, away (> 1 Å) from every position."""
+    a1 = np.asarray(lattice.a1, dtype=np.float64)
+    a2 = np.asarray(lattice.a2, dtype=np.float64)
+    if roi is None:
+        margin = max(np.hypot(*a1), np.hypot(*a2))
+        roi = ((x.min() + margin, x.max() - margin), (y.min() + margin, y.max() - margin))
+    (x0, x1), (y0, y1) = roi
+    span = np.hypot(x1 - x0, y1 - y0)
+    n = int(np.ceil(span / min(np.hypot(*a1), np.hypot(*a2)))) + 1
+    i, j = np.meshgrid(np.arange(-n, n + 1), np.arange(-n, n + 1), indexing="ij")
+    shifts = i.reshape(-1, 1) * a1 + j.reshape(-1, 1) * a2
+    out = []
+    for p in pos:
+        sites = p + shifts
+        inside = (sites[:, 0] >= x0) & (sites[:, 0] <= x1) & (sites[:, 1] >= y0) & (sites[:, 1] <= y1)
+        far = np.min(np.hypot(*(sites[:, None, :] - pos[None, :, :]).transpose(2, 0, 1)), axis=1) > 1.0
+        out.append(sites[inside & far])
+    return out
 
 
 def depth_profile(
@@ -163,6 +223,8 @@ def depth_profile(
     units: str = "Å",
     refine: float = 0.0,
     reference=None,
+    lattice=None,
+    reference_roi=None,
 ):
     """Depth profile(s) of a multislice result through one or more columns.
 
@@ -179,8 +241,11 @@ def depth_profile(
         Radius (Å) of the disk the phase is averaged over.
     units
         Units of the depth axis and of the returned peak depths ("Å", "nm", ...).
-    refine, reference
-        See :func:`column_profiles`.
+    refine, reference, lattice, reference_roi
+        See :func:`column_profiles`. ``reference="lattice"`` with the
+        result's lattice and the scanned field as ``reference_roi`` gives the
+        excess over the column's equivalents (what a dopant adds), rather
+        than over its own mean.
 
     Returns
     -------
@@ -203,7 +268,16 @@ def depth_profile(
         )
     factor = angstrom_in(units, "units")
     core = column_profiles(
-        phase, positions, x=x, y=y, dz=dz, radius=radius, refine=refine, reference=reference
+        phase,
+        positions,
+        x=x,
+        y=y,
+        dz=dz,
+        radius=radius,
+        refine=refine,
+        reference=reference,
+        lattice=lattice,
+        reference_roi=reference_roi,
     )
     single = np.ndim(positions) == 1
     data = core["profile"][0] if single else core["profile"]
@@ -237,6 +311,9 @@ def depth_profile(
             "peak_depth": peaks,
             "peak_depth_units": units,
             "peak_index": core["peak_index"],
+            "reference": "none"
+            if reference is None
+            else ("lattice" if isinstance(reference, str) else "positions"),
         },
     )
     return signal, (float(peaks[0]) if single else peaks)
