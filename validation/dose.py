@@ -55,6 +55,7 @@ CANDIDATES: dict[str, dict] = {
     "prior025": {"depth_regularization": 0.25},
     "no_positions": {"refine_positions": False},
     "lr_object_half": {"lr_object": 1e-2},
+    "probe_fixed": {"lr_probe": 0.0},  # diagnostic: does the learned probe trade with the thickness?
 }
 
 
