@@ -10,6 +10,9 @@ untouched (today's behaviour and speed).
 
 Lazy data stay out of memory: their patterns are resampled chunk by chunk into
 a float32 memory-mapped file in a temporary folder, which the solver streams.
+Under torchrun (several processes) rank 0 alone runs the measurements and sends
+the result to the others, and each rank's patterns are resampled lazily as its
+share is read, so the other ranks read only their own positions.
 """
 
 from __future__ import annotations
@@ -100,12 +103,22 @@ def prepare_data(
         use_measured_semiangle=calibration.use_measured_semiangle,
         thickness=thickness,
     )
+    from .solver.distributed import rank_and_size
+
     lazy = hasattr(data, "compute") and not isinstance(data, np.ndarray)
-    _check_values(data)  # NaN and negative counts: the solver's own clear errors, before any fit
-    prepared = prepare(data, recorded, options, materialise=not lazy)
-    patterns = prepared.patterns if not lazy else _resample_to_memmap(data, prepared)
-    for warning in prepared.report.warnings:
-        _log.warning("%s", warning)
+    rank, world = rank_and_size()
+    if lazy and world > 1:
+        # Several processes (torchrun): rank 0 measures, the others receive the result, and
+        # each rank resamples only the positions it reads (the solver streams its own share).
+        prepared = _measure_on_rank_zero(data, recorded, options, rank)
+        patterns = _resample_lazily(data, prepared.transform)
+    else:
+        _check_values(data)  # NaN and negative counts: the solver's own clear errors, before any fit
+        prepared = prepare(data, recorded, options, materialise=not lazy)
+        patterns = prepared.patterns if not lazy else _resample_to_memmap(data, prepared)
+    if rank == 0:
+        for warning in prepared.report.warnings:
+            _log.warning("%s", warning)
     rotation = prepared.report.rotation_deg
     return SolverInputs(
         patterns,
@@ -121,6 +134,39 @@ def _check_values(data) -> None:
     from .solver.data import Patterns
 
     Patterns(data, None).check()
+
+
+def _measure_on_rank_zero(data, recorded, options, rank: int):
+    """The calibration stage on rank 0 only, its result (or its error) sent to every rank."""
+    import torch.distributed as dist
+
+    from .measurements import prepare
+
+    box = [None]
+    if rank == 0:
+        try:
+            _check_values(data)
+            box = [prepare(data, recorded, options, materialise=False)]
+        except Exception as error:  # every rank must raise it, not wait for a result forever
+            box = [error]
+    dist.broadcast_object_list(box, src=0)
+    if isinstance(box[0], Exception):
+        raise box[0]
+    return box[0]
+
+
+def _resample_lazily(data, transform):
+    """The lazy patterns mapped to the solver's frame chunk by chunk as they are read (dask)."""
+    sy, sx, n, _ = (int(s) for s in data.shape)
+    data = data.rechunk({2: -1, 3: -1})  # the transform needs whole patterns
+
+    def block(patterns, block_info=None):
+        (y0, y1), (x0, x1) = block_info[0]["array-location"][:2]
+        index = (np.arange(y0, y1)[:, None] * sx + np.arange(x0, x1)[None, :]).reshape(-1)
+        out = transform(np.asarray(patterns).reshape(-1, n, n), index)
+        return out.reshape(y1 - y0, x1 - x0, n, n)
+
+    return data.map_blocks(block, dtype=np.float32)
 
 
 def _user_mask(calibration: CalibrationOptions) -> np.ndarray | None:

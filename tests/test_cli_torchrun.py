@@ -11,6 +11,7 @@ which is why one launch does both.
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -214,11 +215,38 @@ result.save(f"rank{rank}_of_{world}.hspy")
 """
 
 
-def test_ptycho_app_under_torchrun_returns_the_same_result_on_every_rank(launch):
-    """A user's script, unchanged, under torchrun: the lazy signal is shared, both ranks get the result."""
+def test_ptycho_app_under_torchrun_returns_the_same_result_on_every_rank(launch, scan_file, small_dataset):
+    """A user's script, unchanged, under torchrun: the lazy signal is shared, both ranks get the result.
+
+    The calibration stage (on by default) runs on rank 0 alone; the other rank receives its result and
+    resamples only the patterns it reads. The result equals one process's, calibration included.
+    """
     folder, _, _ = launch["app"]
     r0, r1 = (hs.load(folder / f"rank{r}_of_2.hspy") for r in (0, 1))
     np.testing.assert_array_equal(r0.data, r1.data)
     assert r0.metadata.Signal.Ptychography.iterations == 3
     # the lazy signal's dask array reached the solver: nothing of it was held in memory
     assert r0.metadata.Signal.Ptychography.Memory_estimate.held_bytes == 0
+    g = small_dataset.geometry
+    s = hs.load(scan_file, lazy=True)
+    s.set_signal_type("ptychography")
+    s.set_experimental_parameters(
+        beam_energy=g.energy / 1e3,
+        convergence_angle=g.semiangle,
+        scan_step=small_dataset.scan_step,
+        detector_sampling=g.reciprocal_sampling,
+    )
+    single = s.ptycho_app(
+        defocus=g.defocus,
+        num_slices=2,
+        slice_thickness=11.7,
+        iterations=3,
+        batch_size=16,
+        show_progressbar=False,
+    )
+    reports = [json.loads(r.metadata.Signal.Ptychography.Calibration.json) for r in (r0, r1, single)]
+    assert reports[0] == reports[1]  # rank 1 holds rank 0's report, timings included
+    for report in reports:
+        report.pop("timings_s")
+    assert reports[0] == reports[2]
+    np.testing.assert_allclose(r0.data, single.data, rtol=1e-4, atol=1e-5)

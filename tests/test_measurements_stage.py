@@ -124,3 +124,25 @@ def test_bad_input_is_explained():
     data[0, 0, 0, 0] = -1
     with pytest.raises(ValueError, match="negative"):
         prepare(data, recorded_calibration())
+
+
+def test_lazy_resampling_equals_the_memory_mapped_copy():
+    """Under torchrun each rank maps its own chunks as they are read (preparation._resample_lazily);
+    that must give the patterns the one-process path writes to its memory-mapped file, also when the
+    file is chunked across the detector."""
+    da = pytest.importorskip("dask.array")
+    from app_extension.preparation import _resample_lazily, _resample_to_memmap
+
+    data = recorded_data()
+    lazy = da.from_array(data, chunks=(3, 5, 24, 48))
+    prepared = prepare(lazy, recorded_calibration(), PrepareOptions(aberrations=False), materialise=False)
+    assert not prepared.transform.identity  # a rotation, descan and bad pixels to apply
+    mapped = np.asarray(_resample_to_memmap(lazy, prepared))
+    streamed = _resample_lazily(lazy, prepared.transform)
+    assert streamed.dtype == np.float32 and streamed.shape == data.shape
+    np.testing.assert_array_equal(np.asarray(streamed.compute()).reshape(mapped.shape), mapped)
+    # one chunk alone (what a rank reads) is the same as its rows of the whole
+    np.testing.assert_array_equal(
+        np.asarray(streamed[3:6, 5:10].compute()).reshape(-1, *data.shape[-2:]),
+        mapped.reshape(data.shape)[3:6, 5:10].reshape(-1, *data.shape[-2:]),
+    )

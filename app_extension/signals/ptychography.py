@@ -163,6 +163,10 @@ class AppPtychography2D(Signal2D):
         )
         check_disk_on_detector(geometry, self.axes_manager.signal_shape[0])
         thickness = state.thickness if state is not None else config.num_slices * config.slice_thickness
+        if calibration.calibrate:
+            from ..solver.distributed import from_environment
+
+            from_environment(config.device)  # under torchrun: join the group before the calibration stage
         inputs = prepare_data(
             self.data,
             geometry,
