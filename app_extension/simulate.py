@@ -91,6 +91,31 @@ def _gaussians(
     return out
 
 
+def _transmissions(gy, gx, cy, cx, unit_cells_z: int, tangents) -> torch.Tensor:
+    """Complex transmission of each atomic plane (2 per unit cell) on the grid ``gy`` x ``gx``.
+
+    ``tangents(y0, x0) -> (tan theta_x, tan theta_y)`` gives, for the entrance sites (Å) of a
+    kind of column, the shear of each column with depth; NaN leaves the site empty (vacuum).
+    """
+    a = STO_LATTICE
+    planes = []
+    for p in range(2 * unit_cells_z):
+        depth = p * a / 2
+        sites, peaks = [], []
+        for name, fx, fy in _PLANES[p % 2]:
+            y0 = (cy + fy).ravel() * a
+            x0 = (cx + fx).ravel() * a
+            tan_x, tan_y = tangents(y0, x0)
+            keep = np.isfinite(tan_x) & np.isfinite(tan_y)
+            ys = y0[keep] + depth * tan_y[keep]
+            xs = x0[keep] + depth * tan_x[keep]
+            sites.append(np.stack([ys, xs], axis=1))
+            peaks.append(np.full(ys.size, _ATOM_PHASE[name]))
+        planes.append(_gaussians(gy, gx, np.concatenate(sites), np.concatenate(peaks), _ATOM_WIDTH))
+    phase = torch.as_tensor(np.array(planes), dtype=torch.float32)
+    return torch.polar(torch.ones_like(phase), phase)
+
+
 def _far_field(
     trans: torch.Tensor,
     grid_origin: tuple[float, float],
@@ -201,18 +226,9 @@ def simulate_tilted_crystal(
     cells_y = np.arange(np.floor(gy[0] / a) - 2, np.ceil(gy[-1] / a) + 3)
     cells_x = np.arange(np.floor(gx[0] / a) - 2, np.ceil(gx[-1] / a) + 3)
     cy, cx = np.meshgrid(cells_y, cells_x, indexing="ij")
-    planes = []
-    for p in range(2 * unit_cells_z):
-        depth = p * a / 2
-        sites, peaks = [], []
-        for name, fx, fy in _PLANES[p % 2]:
-            ys = (cy + fy).ravel() * a + depth * tan[1]
-            xs = (cx + fx).ravel() * a + depth * tan[0]
-            sites.append(np.stack([ys, xs], axis=1))
-            peaks.append(np.full(ys.size, _ATOM_PHASE[name]))
-        planes.append(_gaussians(gy, gx, np.concatenate(sites), np.concatenate(peaks), _ATOM_WIDTH))
-    phase = torch.as_tensor(np.array(planes), dtype=torch.float32)
-    trans = torch.polar(torch.ones_like(phase), phase)
+    trans = _transmissions(
+        gy, gx, cy, cx, unit_cells_z, lambda y0, x0: (np.full_like(x0, tan[0]), np.full_like(y0, tan[1]))
+    )
 
     out = _far_field(
         trans,
@@ -316,22 +332,12 @@ def simulate_tilt_field(
     cells_y = np.arange(np.floor((gy[0] - reach) / a) - 1, np.ceil((gy[-1] + reach) / a) + 2)
     cells_x = np.arange(np.floor((gx[0] - reach) / a) - 1, np.ceil((gx[-1] + reach) / a) + 2)
     cy, cx = np.meshgrid(cells_y, cells_x, indexing="ij")
-    planes = []
-    for p in range(2 * unit_cells_z):
-        depth = p * a / 2
-        sites, peaks = [], []
-        for name, fx, fy in _PLANES[p % 2]:
-            y0 = (cy + fy).ravel() * a
-            x0 = (cx + fx).ravel() * a
-            tx, ty = (np.asarray(t, dtype=np.float64) for t in tilt_field(y0 - origin[0], x0 - origin[1]))
-            keep = np.isfinite(tx) & np.isfinite(ty)
-            ys = y0[keep] + depth * np.tan(ty[keep] * 1e-3)
-            xs = x0[keep] + depth * np.tan(tx[keep] * 1e-3)
-            sites.append(np.stack([ys, xs], axis=1))
-            peaks.append(np.full(ys.size, _ATOM_PHASE[name]))
-        planes.append(_gaussians(gy, gx, np.concatenate(sites), np.concatenate(peaks), _ATOM_WIDTH))
-    phase = torch.as_tensor(np.array(planes), dtype=torch.float32)
-    trans = torch.polar(torch.ones_like(phase), phase)
+
+    def tangents(y0, x0):
+        tx, ty = (np.asarray(t, dtype=np.float64) for t in tilt_field(y0 - origin[0], x0 - origin[1]))
+        return np.tan(tx * 1e-3), np.tan(ty * 1e-3)
+
+    trans = _transmissions(gy, gx, cy, cx, unit_cells_z, tangents)
 
     out = _far_field(
         trans,
