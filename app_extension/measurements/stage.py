@@ -34,7 +34,7 @@ import numpy as np
 from scipy import ndimage
 
 from ..physics.optics import electron_wavelength
-from ..solver.config import Geometry
+from ..solver.config import Geometry, check_beam_numbers
 from .aberrations import decompose_parallax, parallax_map, sample_virtual_bf, virtual_bf_offsets
 from .bad_pixels import fill_bad_pixels, fill_plan, find_bad_pixels
 from .centre import DescanFit, disk_centres, fit_descan, mean_disk
@@ -75,10 +75,7 @@ class RecordedCalibration:
     aberrations: dict = field(default_factory=dict)
 
     def __post_init__(self):
-        for name in ("energy", "semiangle", "reciprocal_sampling"):
-            value = getattr(self, name)
-            if value is None or not np.isfinite(value) or value <= 0:
-                raise ValueError(f"RecordedCalibration.{name} must be a positive number, got {value!r}.")
+        check_beam_numbers(self)
         step = np.broadcast_to(np.asarray(self.scan_step, dtype=np.float64), (2,))
         if not np.all(np.isfinite(step)) or np.any(step <= 0):
             raise ValueError(f"scan_step must be positive (Å), got {self.scan_step!r}.")

@@ -17,6 +17,16 @@ from .options import Declared, OptionError, UnknownOptionError, option
 __all__ = ["Geometry", "SolverConfig", "ExperimentOptions", "CalibrationOptions", "OptionError"]
 
 
+def check_beam_numbers(calibration) -> None:
+    """``energy``, ``semiangle`` and ``reciprocal_sampling`` of ``calibration`` must be positive and finite."""
+    for name in ("energy", "semiangle", "reciprocal_sampling"):
+        value = getattr(calibration, name)
+        if value is None or not np.isfinite(value) or value <= 0:
+            raise ValueError(
+                f"{type(calibration).__name__}.{name} must be a positive finite number, got {value!r}."
+            )
+
+
 @dataclass
 class Geometry:
     """What the microscope did: beam, probe, detector sampling and scan.
@@ -45,10 +55,7 @@ class Geometry:
     aberrations: dict = field(default_factory=dict)
 
     def __post_init__(self):
-        for name in ("energy", "semiangle", "reciprocal_sampling"):
-            value = getattr(self, name)
-            if value is None or not np.isfinite(value) or value <= 0:
-                raise ValueError(f"Geometry.{name} must be a positive finite number, got {value!r}.")
+        check_beam_numbers(self)
         pos = np.asarray(self.scan_positions, dtype=np.float64)
         if pos.ndim != 2 or pos.shape[1] != 2 or not np.all(np.isfinite(pos)):
             raise ValueError(
