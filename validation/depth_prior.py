@@ -35,8 +35,7 @@ import torch
 
 import app_extension.solver.engine as engine
 import app_extension.solver.steps as steps
-from app_extension.physics.optics import electron_wavelength
-from app_extension.solver.config import Geometry, SolverConfig
+from app_extension.solver.config import SolverConfig
 from app_extension.solver.depth_prior import AnnealedPrior, SpectralPrior, plain_prior
 from app_extension.solver.state import ReconstructionState
 
@@ -83,22 +82,15 @@ def candidates() -> dict:
 def load(name: str):
     import h5py
 
+    sys.path.insert(0, os.fspath(HERE))
+    from shared_data import load as load_shared
+    from shared_data import recorded_geometry
+
     if name == "dopants":
         with h5py.File(DATA / "sto_dopants_K.h5", "r") as f:
             data = f["data"][()]
             attrs = dict(f.attrs)
-        energy = float(attrs["energy_eV"])
-        recip = float(attrs["reciprocal_pixel_mrad"]) * 1e-3 / electron_wavelength(energy)
-        geometry = Geometry(
-            energy=energy,
-            semiangle=float(attrs["semiangle_mrad"]),
-            reciprocal_sampling=recip,
-            scan_positions=Geometry.raster(data.shape[:2], float(attrs["scan_step_A"])),
-            defocus=float(attrs["defocus_A"]),
-        )
-        return data, geometry
-    sys.path.insert(0, os.fspath(HERE))
-    from shared_data import load as load_shared
+        return data, recorded_geometry(attrs, data.shape[:2])
 
     data, geometry, _, _ = load_shared(DATA / "sto_tilt_8_-3.h5")
     if name == "poisson":

@@ -27,11 +27,28 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from app_extension.physics.optics import electron_wavelength
 from app_extension.solver.config import Geometry, SolverConfig
 from app_extension.solver.engine import reconstruct
 
 HERE = Path(__file__).resolve().parent
 DEFAULT_DATA = HERE.parent.parent / "shared" / "data" / "sto_tilt_8_-3.h5"
+
+
+def recorded_geometry(attrs: dict, scan_shape: tuple[int, int]) -> Geometry:
+    """The Geometry a shared file's recorded calibration gives (its attributes; no truth)."""
+    energy = float(attrs["energy_eV"])
+    if "reciprocal_pixel_A-1" in attrs:
+        reciprocal = float(attrs["reciprocal_pixel_A-1"])
+    else:
+        reciprocal = float(attrs["reciprocal_pixel_mrad"]) * 1e-3 / electron_wavelength(energy)
+    return Geometry(
+        energy=energy,
+        semiangle=float(attrs["semiangle_mrad"]),
+        reciprocal_sampling=reciprocal,
+        scan_positions=Geometry.raster(tuple(scan_shape), float(attrs["scan_step_A"])),
+        defocus=float(attrs["defocus_A"]),
+    )
 
 
 def load(path: Path):
@@ -41,14 +58,7 @@ def load(path: Path):
         data = f["data"][()]
         attrs = dict(f.attrs)
         columns = f["columns"][()]
-    scan = tuple(int(n) for n in attrs["scan_shape"])
-    geometry = Geometry(
-        energy=float(attrs["energy_eV"]),
-        semiangle=float(attrs["semiangle_mrad"]),
-        reciprocal_sampling=float(attrs["reciprocal_pixel_A-1"]),
-        scan_positions=Geometry.raster(scan, float(attrs["scan_step_A"])),
-        defocus=float(attrs["defocus_A"]),
-    )
+    geometry = recorded_geometry(attrs, tuple(int(n) for n in attrs["scan_shape"]))
     truth = {
         "tilt": [float(t) for t in attrs["tilt_mrad"]],
         "thickness": float(attrs["thickness_A"]),

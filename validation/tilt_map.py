@@ -28,8 +28,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from shared_data import recorded_geometry
 
-from app_extension.physics.optics import electron_wavelength
 from app_extension.solver.config import Geometry, SolverConfig
 from app_extension.solver.engine import reconstruct
 from app_extension.solver.state import ReconstructionState
@@ -54,19 +54,7 @@ def load_recorded(path: Path):
     with h5py.File(path, "r") as f:
         data = f["data"][()]
         attrs = dict(f.attrs)
-    energy = float(attrs["energy_eV"])
-    if "reciprocal_pixel_A-1" in attrs:
-        reciprocal = float(attrs["reciprocal_pixel_A-1"])
-    else:
-        reciprocal = float(attrs["reciprocal_pixel_mrad"]) * 1e-3 / electron_wavelength(energy)
-    geometry = Geometry(
-        energy=energy,
-        semiangle=float(attrs["semiangle_mrad"]),
-        reciprocal_sampling=reciprocal,
-        scan_positions=Geometry.raster(data.shape[:2], float(attrs["scan_step_A"])),
-        defocus=float(attrs["defocus_A"]),
-    )
-    return data, geometry
+    return data, recorded_geometry(attrs, data.shape[:2])
 
 
 def bent_truth(positions: np.ndarray) -> np.ndarray:
