@@ -158,6 +158,18 @@ def _gauss_reduce(b1: np.ndarray, b2: np.ndarray) -> tuple[np.ndarray, np.ndarra
     return b1, b2
 
 
+def _oriented(a1: np.ndarray, a2: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The same basis in a fixed orientation: a1 the more x-like vector, pointing to +x, and a
+    right-handed pair (a1 x a2 > 0)."""
+    if abs(a2[0]) > abs(a1[0]):
+        a1, a2 = a2, a1
+    if a1[0] < 0:
+        a1 = -a1
+    if np.cross(a1, a2) < 0:
+        a2 = -a2
+    return a1, a2
+
+
 def find_lattice(
     image,
     sampling: float | None = None,
@@ -253,13 +265,7 @@ def find_lattice(
         g1, g2 = sol[0], sol[1]
     real = np.linalg.inv(np.array([g1, g2])).T  # rows: a1, a2 with a_i . g_j = delta_ij
     a1, a2 = real[0], real[1]
-    a1, a2 = _gauss_reduce(a1, a2)
-    if abs(a2[0]) > abs(a1[0]):
-        a1, a2 = a2, a1
-    if a1[0] < 0:
-        a1 = -a1
-    if np.cross(a1, a2) < 0:
-        a2 = -a2
+    a1, a2 = _oriented(*_gauss_reduce(a1, a2))
     lattice = Lattice(a1, a2, (0.0, 0.0))
     return _place_origin(img, x, y, lattice, a_site)
 
@@ -523,13 +529,7 @@ def perovskite_cell(img, x, y, lattice: Lattice) -> Lattice:
     if best is None:
         scores = [_site_contrast(img, x, y, c, PEROVSKITE_MOTIF).min() for c in candidates]
         best = candidates[int(np.argmax(scores))]
-    a1, a2 = np.asarray(best.a1), np.asarray(best.a2)
-    if abs(a2[0]) > abs(a1[0]):
-        a1, a2 = a2, a1
-    if a1[0] < 0:
-        a1 = -a1
-    if np.cross(a1, a2) < 0:
-        a2 = -a2
+    a1, a2 = _oriented(np.asarray(best.a1), np.asarray(best.a2))
     return Lattice(a1, a2, best.origin)
 
 
