@@ -206,10 +206,15 @@ class _Contrast:
         self.offsets = offsets
         self.scale = float(k) ** 2
 
-    def image_fft(self, m: np.ndarray) -> np.ndarray:
+    def _ramps(self, m: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The separable shift ramps (K, 2 sy) and (K, 2 sx) of every image for the map ``m``."""
         d = self.offsets @ np.asarray(m).reshape(2, 2).T
         ey = np.exp(2j * np.pi * d[:, 0, None] * self.qy[None, :])
         ex = np.exp(2j * np.pi * d[:, 1, None] * self.qx[None, :])
+        return ey, ex
+
+    def image_fft(self, m: np.ndarray) -> np.ndarray:
+        ey, ex = self._ramps(m)
         return np.einsum("ky,kyx,kx->yx", ey, self.f, ex, optimize=True)
 
     def __call__(self, mflat: np.ndarray) -> float:
@@ -221,9 +226,7 @@ class _Contrast:
         With F(q) = sum_k f_k(q) exp(2 pi i (M o_k) . q), dF/dM_ab = 2 pi i q_a
         sum_k o_kb f_k(q) exp(...), so the gradient costs two more sums like F.
         """
-        d = self.offsets @ np.asarray(mflat).reshape(2, 2).T
-        ey = np.exp(2j * np.pi * d[:, 0, None] * self.qy[None, :])
-        ex = np.exp(2j * np.pi * d[:, 1, None] * self.qx[None, :])
+        ey, ex = self._ramps(mflat)
         image = np.einsum("ky,kyx,kx->yx", ey, self.f, ex, optimize=True)
         grad = np.empty((2, 2))
         for b in range(2):

@@ -230,8 +230,8 @@ def _window_adder(corners: torch.Tensor, size: tuple[int, int], width: int, loop
     forces one way (tests).
     """
     n_y, n_x = size
-    if loop if loop is not None else corners.device.type == "cpu":
-        places = [(r, c) for r, c in corners.tolist()]
+    if corners.device.type == "cpu" if loop is None else loop:
+        places = corners.tolist()
 
         def add(target, windows):
             for k, (r, c) in enumerate(places):
@@ -248,9 +248,8 @@ def _window_adder(corners: torch.Tensor, size: tuple[int, int], width: int, loop
 
 def patch_index(corners: torch.Tensor, size: tuple[int, int], width: int) -> torch.Tensor:
     """Flat indices into an (H, width) slice of the windows at integer ``corners``, (B*N*N,)."""
-    rows = corners[:, 0, None] + torch.arange(size[0], device=corners.device)[None]
-    cols = corners[:, 1, None] + torch.arange(size[1], device=corners.device)[None]
-    return (rows[:, :, None] * width + cols[:, None, :]).reshape(-1)
+    starts = _row_starts(corners, size[0], width)
+    return (starts[:, None] + torch.arange(size[1], device=corners.device)[None]).reshape(-1)
 
 
 def forward(
