@@ -175,16 +175,14 @@ def _user_mask(calibration: CalibrationOptions) -> np.ndarray | None:
 
 def _resample_to_memmap(data, prepared) -> np.memmap:
     """Resample lazy patterns chunk by chunk into a temporary float32 memory-mapped file."""
+    from .measurements.stage import resample_into
+
     sy, sx, n, _ = (int(s) for s in data.shape)
     folder = tempfile.mkdtemp(prefix="app_extension_")
     path = os.path.join(folder, "patterns.f32")
     out = np.memmap(path, dtype=np.float32, mode="w+", shape=(sy * sx, n, n))
     rows = max(1, int(2**26 // max(1, sx * n * n * 4)))  # about 64 MB of output per block
-    for y0 in range(0, sy, rows):
-        y1 = min(sy, y0 + rows)
-        block = np.asarray(data[y0:y1].compute()).reshape(-1, n, n)
-        index = np.arange(y0 * sx, y1 * sx)
-        out[index] = prepared.transform(block, index)
+    resample_into(out, data, prepared.transform, rows)
     out.flush()
     os.unlink(path)  # the mapping stays valid; the file goes when it is closed
     os.rmdir(folder)

@@ -294,6 +294,15 @@ def _as_4d(patterns):
     return shape
 
 
+def resample_into(out, patterns, transform, rows: int):
+    """Fill ``out`` (P, N, N) with ``transform`` of the (scan_y, scan_x, N, N) patterns, ``rows`` scan
+    rows at a time (numpy or dask; a memory-mapped ``out`` keeps lazy data out of memory)."""
+    for start, block in _chunks(patterns, rows):
+        idx = np.arange(start, start + block.shape[0])
+        out[idx] = transform(block, idx)
+    return out
+
+
 def _chunks(patterns, rows: int):
     """Yield (flat start index, float32 (B, N, N)) over blocks of scan rows."""
     sy, sx, n, _ = patterns.shape
@@ -631,10 +640,7 @@ def prepare(
     report.masked_pixels = int((~mask).sum())
     out = None
     if materialise:
-        out = np.empty((npos, n, n), dtype=np.float32)
-        for start, block in _chunks(patterns, options.chunk):
-            idx = np.arange(start, start + block.shape[0])
-            out[idx] = transform(block, idx)
+        out = resample_into(np.empty((npos, n, n), dtype=np.float32), patterns, transform, options.chunk)
     timings["resample"] = time.perf_counter() - t0
     report.timings_s = {k: round(float(v), 4) for k, v in timings.items()}
     geometry = Geometry(
