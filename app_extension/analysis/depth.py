@@ -140,8 +140,9 @@ def column_profiles(
     if not dz > 0:
         raise ValueError(f"dz must be a positive slice thickness in Å, got {dz!r}.")
     pos = _as_positions(positions)
+    mean = phase.mean(axis=0) if refine > 0 else None  # the image column centres are refined on
     if refine > 0:
-        pos = _refine(phase.mean(axis=0), x, y, pos, refine)
+        pos = _refine(mean, x, y, pos, refine)
     xx, yy = np.meshgrid(x, y)
 
     def disk_profiles(points: np.ndarray) -> np.ndarray:
@@ -174,13 +175,13 @@ def column_profiles(
                     "reference_roi; widen it or give reference positions."
                 )
             if refine > 0:
-                sites = _refine(phase.mean(axis=0), x, y, sites, refine)
+                sites = _refine(mean, x, y, sites, refine)
                 references[k] = sites
             relative[k] = profile[k] - np.median(disk_profiles(sites), axis=0)
     elif reference is not None:
         ref = _as_positions(reference)
         if refine > 0:
-            ref = _refine(phase.mean(axis=0), x, y, ref, refine)
+            ref = _refine(mean, x, y, ref, refine)
         relative = profile - disk_profiles(ref).mean(axis=0)
     excess = relative - relative.mean(axis=1, keepdims=True)
     peaks = [peak_depth(e, dz) for e in excess]
