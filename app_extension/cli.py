@@ -30,10 +30,7 @@ from pathlib import Path
 
 from .frontend import ALL_OPTIONS
 from .solver.config import SolverConfig
-from .solver.distributed import is_writer
-from .solver.memory import MemoryPreflightError
 from .solver.options import OptionError, add_arguments, check, check_device
-from .solver.serialize import NotAStateError
 
 __all__ = ["main", "build_parser", "CLIError"]
 
@@ -431,6 +428,8 @@ def _run_reconstruct(args) -> int:
     elapsed = time.perf_counter() - t0
     node = result.metadata.Signal.Ptychography
     status = str(node.get_item("status", "ok"))
+    from .solver.distributed import is_writer
+
     if not is_writer():  # another rank of a torchrun launch: rank 0 writes and reports
         return 130 if status == "interrupted" else 1 if status == "diverged" else 0
     result.save(out, overwrite=True)
@@ -513,6 +512,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = parser.parse_args(argv)
     except SystemExit as stop:  # usage errors (exit 2) and --help (exit 0), already printed
         return int(stop.code or 0)
+    # these import torch, which --help and a usage error do not need
+    from .solver.memory import MemoryPreflightError
+    from .solver.serialize import NotAStateError
+
     try:
         if args.command == "reconstruct":
             return _run_reconstruct(args)

@@ -1,12 +1,13 @@
-"""The command line and ``ptycho_app`` under ``torchrun`` (2 processes, gloo on the CPU), unchanged.
+"""The command line, ``ptycho_app`` and the solver under ``torchrun`` (2 processes, gloo on the CPU).
 
 One ``python -m torch.distributed.run --standalone`` launch (a free port of its
-own) serves both tests: each rank first runs the command line exactly as
+own) serves the three tests: each rank first runs the command line exactly as
 ``python -m app_extension reconstruct ...`` would (``runpy``), then a user's
-``ptycho_app`` script, with a barrier and a marker line between the two so the
-output of each can be checked on its own. Most of the launch's time is the
-start-up of torchrun and of the two workers (imports), not the reconstruction,
-which is why one launch does both.
+``ptycho_app`` script, then the solver itself on in-memory and on lazy, streamed
+data, with a barrier and a marker line between the parts so the output of each
+can be checked on its own. Most of the launch's time is the start-up of torchrun
+and of the two workers (imports), not the reconstructions, which is why one
+launch does all three.
 """
 
 from __future__ import annotations
@@ -20,12 +21,21 @@ from pathlib import Path
 import hyperspy.api as hs
 import numpy as np
 import pytest
+import torch
 import torch.distributed as dist
 
 import app_extension
 from app_extension.cli import main
+from app_extension.solver import data as data_module
+from app_extension.solver.config import SolverConfig
+from app_extension.solver.engine import reconstruct
+from app_extension.solver.state import ReconstructionState
 
-pytestmark = pytest.mark.skipif(not dist.is_gloo_available(), reason="torch without gloo")
+da = pytest.importorskip("dask.array")
+pytestmark = [
+    pytest.mark.skipif(not dist.is_gloo_available(), reason="torch without gloo"),
+    pytest.mark.long(shared=True),
+]
 
 REPO = Path(app_extension.__file__).resolve().parent.parent
 ITERATIONS = 3
@@ -88,7 +98,19 @@ import torch
 import torch.distributed as dist
 
 torch.set_num_threads(1)
-cli_dir, app_dir, script, script_args, *cli_args = sys.argv[1:]
+cli_dir, app_dir, script, script_args, solver_dir, solver_script, *cli_args = sys.argv[1:]
+
+
+def marker(name):  # a line on both streams, between the output of one part and the next
+    sys.stdout.flush()
+    sys.stderr.flush()
+    dist.barrier()
+    if dist.get_rank() == 0:
+        print(f"=== {name} ===", flush=True)
+        print(f"=== {name} ===", file=sys.stderr, flush=True)
+    dist.barrier()
+
+
 # 1. the command line, as `python -m app_extension ...` runs it
 os.chdir(cli_dir)
 sys.argv = ["app_extension", *cli_args]
@@ -97,30 +119,34 @@ try:
 except SystemExit as stop:
     if stop.code:
         raise
-sys.stdout.flush()
-sys.stderr.flush()
-dist.barrier()
-if dist.get_rank() == 0:
-    print("=== ptycho_app ===", flush=True)
-    print("=== ptycho_app ===", file=sys.stderr, flush=True)
-dist.barrier()
+marker("ptycho_app")
 # 2. a user's script
 os.chdir(app_dir)
 sys.argv = [script, *script_args.split("|")]
 runpy.run_path(script, run_name="__main__")
+marker("solver")
+# 3. the solver itself
+os.chdir(solver_dir)
+sys.argv = [solver_script]
+runpy.run_path(solver_script, run_name="__main__")
 """
 
 
 @pytest.fixture(scope="module")
 def launch(scan_file, small_dataset, tmp_path_factory):
-    """One torchrun launch: the CLI in ``cli/``, then the user script in ``app/``."""
+    """One torchrun launch: the CLI in ``cli/``, the user script in ``app/``, the solver in ``solver/``."""
     root = tmp_path_factory.mktemp("torchrun_launch")
-    cli_dir, app_dir = root / "cli", root / "app"
-    cli_dir.mkdir()
-    app_dir.mkdir()
+    cli_dir, app_dir, solver_dir = root / "cli", root / "app", root / "solver"
+    for folder in (cli_dir, app_dir, solver_dir):
+        folder.mkdir()
     (root / "launch.py").write_text(LAUNCH)
     script = app_dir / "user_script.py"
     script.write_text(SCRIPT)
+    solver_script = solver_dir / "solver_script.py"
+    solver_script.write_text(SOLVER_SCRIPT)
+    np.save(solver_dir / "counts.npy", _counts(small_dataset))
+    np.save(solver_dir / "positions.npy", small_dataset.geometry.scan_positions)
+    (solver_dir / "geometry.json").write_text(json.dumps(_beam(small_dataset.geometry)))
     g = small_dataset.geometry
     numbers = [g.energy / 1e3, g.semiangle, small_dataset.scan_step, g.reciprocal_sampling, g.defocus]
     cli_args = [
@@ -133,13 +159,20 @@ def launch(scan_file, small_dataset, tmp_path_factory):
         "run.hspy",
     ]
     script_args = "|".join(map(str, [scan_file, *numbers]))  # the script's own sys.argv[1:]
-    done = _torchrun(
-        [str(root / "launch.py"), str(cli_dir), str(app_dir), str(script), script_args, *cli_args], cwd=root
-    )
+    paths = [root / "launch.py", cli_dir, app_dir, script, script_args, solver_dir, solver_script]
+    done = _torchrun([*map(str, paths), *cli_args], cwd=root)
     assert done.returncode == 0, done.stdout + done.stderr
-    out, err = done.stdout.split("=== ptycho_app ===\n"), done.stderr.split("=== ptycho_app ===\n")
-    assert len(out) == 2 and len(err) == 2, done.stdout + done.stderr
-    return {"cli": (cli_dir, out[0], err[0]), "app": (app_dir, out[1], err[1])}
+    parts = {}
+    for name, stream in (("out", done.stdout), ("err", done.stderr)):
+        first, rest = stream.split("=== ptycho_app ===\n")
+        second, third = rest.split("=== solver ===\n")
+        parts[name] = (first, second, third)
+    out, err = parts["out"], parts["err"]
+    return {
+        "cli": (cli_dir, out[0], err[0]),
+        "app": (app_dir, out[1], err[1]),
+        "solver": (solver_dir, out[2], err[2]),
+    }
 
 
 def test_cli_under_torchrun_writes_once_and_agrees_with_one_process(
@@ -250,3 +283,94 @@ def test_ptycho_app_under_torchrun_returns_the_same_result_on_every_rank(launch,
         report.pop("timings_s")
     assert reports[0] == reports[2]
     np.testing.assert_allclose(r0.data, single.data, rtol=1e-4, atol=1e-5)
+
+
+# The solver under torchrun, called directly: 2 iterations with a checkpoint (written by rank 0), resumed
+# for 1; then lazy, chunked and streamed data, of which each rank reads only its own units.
+CONFIG = SolverConfig(num_slices=3, iterations=3, batch_size=16, slice_thickness=8.0)
+CHUNKS = (2, 4, 32, 32)
+
+
+def _counts(ds) -> np.ndarray:
+    return np.round(ds.data * 2e4).astype(np.uint16)
+
+
+def _beam(g) -> dict:
+    return {
+        "energy": g.energy,
+        "semiangle": g.semiangle,
+        "reciprocal_sampling": g.reciprocal_sampling,
+        "defocus": g.defocus,
+        "aberrations": dict(g.aberrations),
+    }
+
+
+SOLVER_SCRIPT = """
+import json
+
+import dask.array as da
+import numpy as np
+import torch
+import torch.distributed as dist
+
+from app_extension.solver import data as data_module
+from app_extension.solver.config import Geometry, SolverConfig
+from app_extension.solver.data import MeasuredData
+from app_extension.solver.distributed import Communicator
+from app_extension.solver.engine import reconstruct
+from app_extension.solver.state import ReconstructionState
+
+torch.set_num_threads(1)
+rank, world = dist.get_rank(), dist.get_world_size()
+counts = np.load("counts.npy")
+geometry = Geometry(scan_positions=np.load("positions.npy"), **json.load(open("geometry.json")))
+config = SolverConfig(num_slices=3, iterations=3, batch_size=16, slice_thickness=8.0)
+# in memory: 2 iterations with a checkpoint (rank 0 writes it), then resumed for 1
+reconstruct(counts, geometry, config, iterations=2, checkpoint="checkpoint.h5", show_progressbar=False)
+dist.barrier()
+state = ReconstructionState.load("checkpoint.h5")
+result = reconstruct(counts, geometry, config, state=state, iterations=1, show_progressbar=False)
+result.save(f"memory{rank}.h5")
+# lazy, chunked, streamed; units of one chunk (8 patterns), groups of 2 units: 8 units to deal out
+data_module.UNIT_BYTES = 8 * counts.shape[-1] ** 2 * 2
+data_module.GROUP_BATCHES = 1
+lazy = da.from_array(counts, chunks=(2, 4, 32, 32))
+data = MeasuredData(lazy, geometry, config, "cpu", stream=True, comm=Communicator(rank, world, "cpu"))
+np.save(f"positions{rank}.npy", data.positions)
+data.close()
+result = reconstruct(lazy, geometry, config, stream=True, show_progressbar=False)
+result.save(f"lazy{rank}.h5")
+"""
+
+
+def _close(a: ReconstructionState, b: ReconstructionState) -> None:
+    for name in ("phase", "amplitude", "probe", "tilt", "slice_thickness"):
+        torch.testing.assert_close(getattr(a, name), getattr(b, name), rtol=1e-4, atol=1e-5, msg=name)
+    np.testing.assert_allclose(a.history["loss"], b.history["loss"], rtol=1e-5)
+    assert a.iteration == b.iteration
+
+
+def test_solver_under_torchrun_agrees_with_one_process(launch, small_dataset, monkeypatch):
+    """Two processes agree with one over the same batches, in memory (resumed) and streamed."""
+    folder, _, _ = launch["solver"]
+    counts, geometry = _counts(small_dataset), small_dataset.geometry
+    # the ranks held disjoint halves of the positions, whole units each
+    p0, p1 = (np.load(folder / f"positions{r}.npy") for r in (0, 1))
+    assert np.intersect1d(p0, p1).size == 0 and np.union1d(p0, p1).size == 64 and p0.size == p1.size == 32
+
+    single = reconstruct(counts, geometry, CONFIG, show_progressbar=False)
+    ranks = [ReconstructionState.load(folder / f"memory{r}.h5") for r in (0, 1)]
+    assert single.iteration == 3 and all(s.iteration == 3 for s in ranks)
+    for state in ranks:
+        _close(state, single)
+    # every rank took exactly the same steps
+    assert torch.equal(ranks[0].phase, ranks[1].phase) and torch.equal(ranks[0].probe, ranks[1].probe)
+    assert single.dz != CONFIG.slice_thickness  # dz was learned (its reduction is exercised)
+
+    monkeypatch.setattr(data_module, "UNIT_BYTES", 8 * 32 * 32 * 2)
+    monkeypatch.setattr(data_module, "GROUP_BATCHES", 1)
+    lazy_single = reconstruct(
+        da.from_array(counts, chunks=CHUNKS), geometry, CONFIG, stream=True, show_progressbar=False
+    )
+    for r in (0, 1):
+        _close(ReconstructionState.load(folder / f"lazy{r}.h5"), lazy_single)
