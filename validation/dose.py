@@ -17,6 +17,8 @@ Usage::
 
     python validation/dose.py --datasets poisson tilt dopants --slices 5 10 --candidates rprop default
     python validation/dose.py --datasets poisson --slices 10 --candidates anscombe prior025 holdout10
+    python validation/dose.py --datasets poisson --slices 10 --threads 2 --candidates tilt_true_fixed \
+        prior0 prior_x4 phase_only mask_2alpha coarse_split
     python validation/dose.py --table        # the table of all recorded runs
 """
 
@@ -56,12 +58,77 @@ CANDIDATES: dict[str, dict] = {
     "no_positions": {"refine_positions": False},
     "lr_object_half": {"lr_object": 1e-2},
     "probe_fixed": {"lr_probe": 0.0},  # diagnostic: does the learned probe trade with the thickness?
+    # diagnostic: the true tilt, held (does a tilt error trade with the thickness?)
+    "tilt_true_fixed": {"tilt": (8.0, -3.0), "lr_tilt": 0.0, "drift_to_tilt_every": 0},
+    "prior0": {"depth_regularization": 0.0},
 }
 
 
 #: Diagnostic candidates, made by wrapping steps (not options): name -> fraction of positions held out.
 HOLDOUT = {"holdout10": 0.1}
 CANDIDATES.update({name: {} for name in HOLDOUT})
+#: Further diagnostics made by wrapping steps: ``prior_x4`` applies the depth prior four times per
+#: iteration (the smoothing length in Å of 20 Å slices, for 10 Å slices); ``phase_only`` never learns
+#: the amplitude; ``mask_2alpha`` fits only the detector pixels within twice the convergence angle;
+#: ``coarse_split`` runs the first half of the iterations with half the slices (twice as thick), then
+#: splits each slice into (itself, vacuum), an exact change of the model, and continues with all.
+WRAPPED = ("prior_x4", "phase_only", "mask_2alpha", "coarse_split")
+CANDIDATES.update({name: {} for name in WRAPPED})
+
+
+def _wrap(name: str):
+    """Install the wrapped step of diagnostic ``name``; returns the function that restores it."""
+    if name == "prior_x4":
+        original = steps.smooth_depth
+
+        def smooth(field, weight):
+            for _ in range(4):
+                original(field, weight)
+
+        steps.smooth_depth = smooth
+        return lambda: setattr(steps, "smooth_depth", original)
+    if name == "phase_only":
+        original = steps.set_trainable
+
+        def set_trainable(run, iteration):
+            original(run, iteration)
+            run.state.amplitude.requires_grad_(False)
+
+        steps.set_trainable = set_trainable
+        return lambda: setattr(steps, "set_trainable", original)
+    return lambda: None
+
+
+def _bright_field_mask(data, geometry, factor: float = 2.0) -> np.ndarray:
+    from app_extension.physics.optics import electron_wavelength
+
+    n = data.shape[-1]
+    k = (np.arange(n) - n // 2) * geometry.reciprocal_sampling
+    radius = factor * geometry.semiangle * 1e-3 / electron_wavelength(geometry.energy)
+    return np.hypot(*np.meshgrid(k, k, indexing="ij")) <= radius
+
+
+def _split_slices(state, factor: int = 2):
+    """Each slice becomes (itself, factor - 1 vacuum slices), each 1/factor as thick: the same patterns."""
+    out = state.clone()
+    s, h, w = state.phase.shape
+    phase = torch.zeros(s, factor, h, w, dtype=state.phase.dtype)
+    amplitude = torch.ones(s, factor, h, w, dtype=state.amplitude.dtype)
+    phase[:, 0], amplitude[:, 0] = state.phase, state.amplitude
+    out.phase, out.amplitude = phase.reshape(s * factor, h, w), amplitude.reshape(s * factor, h, w)
+    out.slice_thickness = state.slice_thickness / factor
+    out.optimizer = None  # the moments are per slice
+    return out
+
+
+def _coarse_split(data, geometry, config: SolverConfig):
+    first = config.iterations // 2
+    coarse = config.replace(num_slices=config.num_slices // 2, slice_thickness=2 * config.slice_thickness)
+    state = reconstruct(data, geometry, coarse, iterations=first, show_progressbar=False)
+    state = _split_slices(state)
+    return reconstruct(
+        data, geometry, config, state=state, iterations=config.iterations - first, show_progressbar=False
+    )
 
 
 def _hold_out(fraction: float, num_positions: int, seed: int = 0):
@@ -74,7 +141,9 @@ def _hold_out(fraction: float, num_positions: int, seed: int = 0):
     Returns a function that restores the steps.
     """
     held = np.zeros(num_positions, bool)
-    held[np.random.default_rng(seed).permutation(num_positions)[: int(round(fraction * num_positions))]] = True
+    held[np.random.default_rng(seed).permutation(num_positions)[: int(round(fraction * num_positions))]] = (
+        True
+    )
     held_t = torch.as_tensor(held)
     order, step = steps.batch_order, steps.gradient_step
 
@@ -127,12 +196,16 @@ def run_one(data, geometry, dataset: str, num_slices: int, candidate: str, itera
         **CANDIDATES[candidate],
     )
     steps.thickness_step = recording
-    restore = None
+    restore = _wrap(candidate)
     if candidate in HOLDOUT:
         restore = _hold_out(HOLDOUT[candidate], geometry.scan_positions.shape[0])
     t0 = time.perf_counter()
     try:
-        state = reconstruct(data, geometry, config, show_progressbar=False)
+        if candidate == "coarse_split":
+            state = _coarse_split(data, geometry, config)
+        else:
+            mask = _bright_field_mask(data, geometry) if candidate == "mask_2alpha" else None
+            state = reconstruct(data, geometry, config, show_progressbar=False, detector_mask=mask)
     finally:
         steps.thickness_step = original
         if restore is not None:
@@ -164,9 +237,7 @@ def run_one(data, geometry, dataset: str, num_slices: int, candidate: str, itera
         row["bi_order_ok"] = bool(np.all(np.argsort(found["found_A"]) == np.argsort(BI_DEPTHS)))
         ref = np.abs(np.asarray(found["found_vs_sr_A"]) - BI_DEPTHS)
         row["bi_error_vs_sr_A"] = ref.round(2).tolist()
-        row["bi_vs_sr_order_ok"] = bool(
-            np.all(np.argsort(found["found_vs_sr_A"]) == np.argsort(BI_DEPTHS))
-        )
+        row["bi_vs_sr_order_ok"] = bool(np.all(np.argsort(found["found_vs_sr_A"]) == np.argsort(BI_DEPTHS)))
     return row
 
 
@@ -199,7 +270,9 @@ def table() -> str:
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--datasets", nargs="+", default=["poisson", "tilt"], choices=["poisson", "tilt", "dopants"])
+    p.add_argument(
+        "--datasets", nargs="+", default=["poisson", "tilt"], choices=["poisson", "tilt", "dopants"]
+    )
     p.add_argument("--slices", type=int, nargs="+", default=[5, 10])
     p.add_argument("--candidates", nargs="+", default=["default"], choices=sorted(CANDIDATES))
     p.add_argument("--iterations", type=int, default=20)
