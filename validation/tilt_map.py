@@ -11,6 +11,8 @@ Cases (all from tilt (0, 0), default options but ``tilt_map=True``):
   forward model (``app_extension.simulate.simulate_tilt_field``), ``tilt_map_regularizer="tv"``;
 * ``bent_polish`` (diagnostic): the bent map with the local drift-to-tilt step stopped after two
   thirds of the iterations, the rest by gradient with the map learned or held;
+* ``bent_x``: a bend along x (theta_x +6 to -4 mrad, theta_y -2) from the project's own forward model,
+  the map and global APP (the held-out abTEM twin's question, on other values);
 * ``cost``: seconds per iteration of a global and a tilt-map run on sto_bent_y.h5, interleaved.
 
 Usage::
@@ -207,13 +209,25 @@ def boundary_width(
 def case_bent(args, states: Path) -> dict:
     data, geometry = load_recorded(DATA / "sto_bent_y.h5")
     truth = bent_truth(geometry.scan_positions)
+
+    def details(state):
+        return {
+            "columns": column_sharpness(state, geometry, data.shape[-1]),
+            "residual_local_tilt_mrad": residual_local_tilt(state, data.shape[-1]),
+        }
+
+    return map_and_global("bent", data, geometry, truth, 101.53, args, states, details)
+
+
+def map_and_global(prefix, data, geometry, truth, thickness, args, states: Path, details=None) -> dict:
+    """Default APP with the tilt map (``<prefix>_map``) and without (``<prefix>_global``), from tilt (0, 0)."""
     out = {}
-    for name, tilt_map in (("bent_map", True), ("bent_global", False)):
+    for name, tilt_map in ((f"{prefix}_map", True), (f"{prefix}_global", False)):
         config = SolverConfig(iterations=args.iterations, tilt_map=tilt_map)
         state, info = solve(data, geometry, config, name, states)
-        info["thickness_error"] = state.thickness / 101.53 - 1
-        info["columns"] = column_sharpness(state, geometry, data.shape[-1])
-        info["residual_local_tilt_mrad"] = residual_local_tilt(state, data.shape[-1])
+        info["thickness_error"] = state.thickness / thickness - 1
+        if details is not None:
+            info.update(details(state))
         if tilt_map:
             info["map"] = map_metrics(state, geometry, truth, probe_radius(geometry, state.thickness))
         else:
@@ -265,6 +279,37 @@ def case_bent_polish(args, states: Path) -> dict:
         out[name] = info
         print(name, info["final_loss"], info["map"]["probe_inside"]["rms"], flush=True)
     return out
+
+
+BENT_X_SPAN = 11.5  # Å, first to last scan column of the bent_x case
+
+
+def bent_x_field(y, x):
+    """theta_x from +6 to -4 mrad across the scan's columns, theta_y = -2 mrad (the bent_x case)."""
+    x = np.asarray(x, dtype=np.float64)
+    return 6.0 - 10.0 * np.clip(x / BENT_X_SPAN, 0, 1), np.full_like(x, -2.0)
+
+
+def case_bent_x(args, states: Path) -> dict:
+    """A bend along the other axis, with another range, from the project's own forward model.
+
+    Not the held-out abTEM twin (which is not available here), but the same question on other
+    values: ``simulate_tilt_field`` (tilt in the atoms, 24 x 24 scan at 0.5 Å, 64 px patterns,
+    26 unit cells = 101.53 Å), default options from tilt (0, 0), the map and global APP.
+    """
+    from app_extension.simulate import simulate_tilt_field
+
+    ds = simulate_tilt_field(
+        bent_x_field,
+        unit_cells_z=26,
+        scan_shape=(24, 24),
+        scan_step=0.5,
+        pattern_size=64,
+        reciprocal_sampling=0.1,
+    )
+    pos = ds.geometry.scan_positions
+    truth = np.stack(bent_x_field(pos[:, 0], pos[:, 1]), axis=1)
+    return map_and_global("bent_x", ds.data, ds.geometry, truth, ds.thickness, args, states)
 
 
 def case_uniform(args, states: Path) -> dict:
@@ -414,6 +459,7 @@ def figures(out: Path, states: Path) -> None:
 CASES = {
     "bent": case_bent,
     "bent_polish": case_bent_polish,
+    "bent_x": case_bent_x,
     "uniform": case_uniform,
     "dose": case_dose,
     "grains": case_grains,
