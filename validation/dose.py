@@ -18,7 +18,8 @@ Usage::
     python validation/dose.py --datasets poisson tilt dopants --slices 5 10 --candidates rprop default
     python validation/dose.py --datasets poisson --slices 10 --candidates anscombe prior025 holdout10
     python validation/dose.py --datasets poisson --slices 10 --threads 2 --candidates tilt_true_fixed \
-        prior0 prior_x4 phase_only mask_2alpha coarse_split
+        prior0 prior_x4 phase_only mask_2alpha coarse_split lowpass05 lowpass10
+    python validation/dose.py --datasets tilt --slices 10 --threads 2 --candidates lowpass05
     python validation/dose.py --table        # the table of all recorded runs
 """
 
@@ -72,7 +73,10 @@ CANDIDATES.update({name: {} for name in HOLDOUT})
 #: the amplitude; ``mask_2alpha`` fits only the detector pixels within twice the convergence angle;
 #: ``coarse_split`` runs the first half of the iterations with half the slices (twice as thick), then
 #: splits each slice into (itself, vacuum), an exact change of the model, and continues with all.
-WRAPPED = ("prior_x4", "phase_only", "mask_2alpha", "coarse_split")
+#: ``lowpass05`` / ``lowpass10``: after the depth prior, every slice is low-passed laterally by a Gaussian
+#: of sigma 0.5 / 1 px (0.077 / 0.154 Å here), which suppresses the noise the slices hold.
+LOWPASS = {"lowpass05": 0.5, "lowpass10": 1.0}
+WRAPPED = ("prior_x4", "phase_only", "mask_2alpha", "coarse_split", *LOWPASS)
 CANDIDATES.update({name: {} for name in WRAPPED})
 
 
@@ -86,6 +90,18 @@ def _wrap(name: str):
                 original(field, weight)
 
         steps.smooth_depth = smooth
+        return lambda: setattr(steps, "smooth_depth", original)
+    if name in LOWPASS:
+        original, sigma = steps.smooth_depth, LOWPASS[name]
+
+        def smooth_and_lowpass(field, weight):
+            original(field, weight)
+            ky = torch.fft.fftfreq(field.shape[-2], dtype=torch.float64)
+            kx = torch.fft.fftfreq(field.shape[-1], dtype=torch.float64)
+            gauss = torch.exp(-2 * np.pi**2 * sigma**2 * (ky[:, None] ** 2 + kx[None, :] ** 2))
+            field.copy_(torch.fft.ifft2(torch.fft.fft2(field) * gauss.to(field.dtype)).real)
+
+        steps.smooth_depth = smooth_and_lowpass
         return lambda: setattr(steps, "smooth_depth", original)
     if name == "phase_only":
         original = steps.set_trainable
