@@ -40,6 +40,9 @@ pytestmark = [
 REPO = Path(app_extension.__file__).resolve().parent.parent
 ITERATIONS = 3
 TIMEOUT = 240  # seconds; a launch takes 7-22 s on the loaded 2-core machine
+# the solver's part: its options and the lazy data's chunks
+CONFIG = SolverConfig(num_slices=3, iterations=3, batch_size=16, slice_thickness=8.0)
+CHUNKS = (2, 4, 32, 32)
 
 
 def _flags(ds) -> list[str]:
@@ -145,8 +148,8 @@ def launch(scan_file, small_dataset, tmp_path_factory):
     solver_script = solver_dir / "solver_script.py"
     solver_script.write_text(SOLVER_SCRIPT)
     np.save(solver_dir / "counts.npy", _counts(small_dataset))
-    np.save(solver_dir / "positions.npy", small_dataset.geometry.scan_positions)
-    (solver_dir / "geometry.json").write_text(json.dumps(_beam(small_dataset.geometry)))
+    runs = {"config": CONFIG.to_dict(), "geometry": small_dataset.geometry.to_dict(), "chunks": CHUNKS}
+    (solver_dir / "run.json").write_text(json.dumps(runs))
     g = small_dataset.geometry
     numbers = [g.energy / 1e3, g.semiangle, small_dataset.scan_step, g.reciprocal_sampling, g.defocus]
     cli_args = [
@@ -287,22 +290,10 @@ def test_ptycho_app_under_torchrun_returns_the_same_result_on_every_rank(launch,
 
 # The solver under torchrun, called directly: 2 iterations with a checkpoint (written by rank 0), resumed
 # for 1; then lazy, chunked and streamed data, of which each rank reads only its own units.
-CONFIG = SolverConfig(num_slices=3, iterations=3, batch_size=16, slice_thickness=8.0)
-CHUNKS = (2, 4, 32, 32)
 
 
 def _counts(ds) -> np.ndarray:
     return np.round(ds.data * 2e4).astype(np.uint16)
-
-
-def _beam(g) -> dict:
-    return {
-        "energy": g.energy,
-        "semiangle": g.semiangle,
-        "reciprocal_sampling": g.reciprocal_sampling,
-        "defocus": g.defocus,
-        "aberrations": dict(g.aberrations),
-    }
 
 
 SOLVER_SCRIPT = """
@@ -323,8 +314,10 @@ from app_extension.solver.state import ReconstructionState
 torch.set_num_threads(1)
 rank, world = dist.get_rank(), dist.get_world_size()
 counts = np.load("counts.npy")
-geometry = Geometry(scan_positions=np.load("positions.npy"), **json.load(open("geometry.json")))
-config = SolverConfig(num_slices=3, iterations=3, batch_size=16, slice_thickness=8.0)
+with open("run.json") as f:
+    runs = json.load(f)
+config = SolverConfig.from_dict(runs["config"])
+geometry = Geometry(**runs["geometry"])
 # in memory: 2 iterations with a checkpoint (rank 0 writes it), then resumed for 1
 reconstruct(counts, geometry, config, iterations=2, checkpoint="checkpoint.h5", show_progressbar=False)
 dist.barrier()
@@ -334,7 +327,7 @@ result.save(f"memory{rank}.h5")
 # lazy, chunked, streamed; units of one chunk (8 patterns), groups of 2 units: 8 units to deal out
 data_module.UNIT_BYTES = 8 * counts.shape[-1] ** 2 * 2
 data_module.GROUP_BATCHES = 1
-lazy = da.from_array(counts, chunks=(2, 4, 32, 32))
+lazy = da.from_array(counts, chunks=tuple(runs["chunks"]))
 data = MeasuredData(lazy, geometry, config, "cpu", stream=True, comm=Communicator(rank, world, "cpu"))
 np.save(f"positions{rank}.npy", data.positions)
 data.close()
