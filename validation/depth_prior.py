@@ -58,7 +58,7 @@ THICKNESS = 101.53
 #: Bi sites (x, y) in the scan frame before the shear, and depths below the first plane (Å).
 BI_SITES = [(5.8575, 5.8575), (9.7625, 5.8575), (5.8575, 9.7625), (9.7625, 9.7625)]
 BI_DEPTHS = [15.62, 50.77, 82.01, 35.15]
-TRUTH = {"dopants": (5.0, -2.0), "tilt": (8.0, -3.0), "poisson": (8.0, -3.0)}
+TRUTH = {"dopants": (5.0, -2.0), "tilt": (8.0, -3.0), "poisson": (8.0, -3.0), "poisson1e6": (8.0, -3.0)}
 ELECTRONS = 15249.0
 VACUUM_SUM = 0.995
 
@@ -93,9 +93,10 @@ def load(name: str):
         return data, recorded_geometry(attrs, data.shape[:2])
 
     data, geometry, _, _ = load_shared(DATA / "sto_tilt_8_-3.h5")
-    if name == "poisson":
+    if name in ("poisson", "poisson1e6"):  # 1e5 e/Å² (15,249 e per pattern), or ten times that
+        electrons = ELECTRONS * (10 if name == "poisson1e6" else 1)
         rng = np.random.default_rng(0)
-        data = rng.poisson(data.astype(np.float64) * (ELECTRONS / VACUUM_SUM)).astype(np.float32)
+        data = rng.poisson(data.astype(np.float64) * (electrons / VACUUM_SUM)).astype(np.float32)
     return data, geometry
 
 

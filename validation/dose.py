@@ -287,7 +287,10 @@ def table() -> str:
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument(
-        "--datasets", nargs="+", default=["poisson", "tilt"], choices=["poisson", "tilt", "dopants"]
+        "--datasets",
+        nargs="+",
+        default=["poisson", "tilt"],
+        choices=["poisson", "poisson1e6", "tilt", "dopants"],
     )
     p.add_argument("--slices", type=int, nargs="+", default=[5, 10])
     p.add_argument("--candidates", nargs="+", default=["default"], choices=sorted(CANDIDATES))

@@ -141,7 +141,9 @@ def main(argv=None) -> int:
             for margin, post_aligned in ((m, a) for m in args.margins for a in images):
                 row = {
                     "mode": mode,
-                    "image": "slice mean" if mode == "app" else ("post-aligned" if post_aligned else "slice mean"),
+                    "image": "slice mean"
+                    if mode == "app"
+                    else ("post-aligned" if post_aligned else "slice mean"),
                     "num_slices": s,
                     "iterations": args.iterations,
                     "tilt_mrad": np.round(state.tilt_mrad, 3).tolist(),
