@@ -11,8 +11,10 @@ untouched (today's behaviour and speed).
 Lazy data stay out of memory: their patterns are resampled chunk by chunk into
 a float32 memory-mapped file in a temporary folder, which the solver streams.
 Under torchrun (several processes) rank 0 alone runs the measurements and sends
-the result to the others, and each rank's patterns are resampled lazily as its
-share is read, so the other ranks read only their own positions.
+the result to the others. Lazy data: each rank's patterns are resampled lazily as
+its share is read, so the other ranks read only their own positions; data in
+memory, which every rank holds whole, are resampled by each rank with rank 0's
+transform.
 """
 
 from __future__ import annotations
@@ -107,11 +109,19 @@ def prepare_data(
 
     lazy = hasattr(data, "compute") and not isinstance(data, np.ndarray)
     rank, world = rank_and_size()
-    if lazy and world > 1:
-        # Several processes (torchrun): rank 0 measures, the others receive the result, and
-        # each rank resamples only the positions it reads (the solver streams its own share).
+    if world > 1:
+        # Several processes (torchrun): rank 0 measures, the others receive the result. Lazy data:
+        # each rank resamples only the positions it reads (the solver streams its own share); data
+        # in memory, which every rank holds whole: each rank resamples them with rank 0's transform.
         prepared = _measure_on_rank_zero(data, recorded, options, rank)
-        patterns = _resample_lazily(data, prepared.transform)
+        if lazy:
+            patterns = _resample_lazily(data, prepared.transform)
+        else:
+            from .measurements.stage import resample_into
+
+            sy, sx, n = (int(v) for v in np.shape(data)[:3])
+            out = np.empty((sy * sx, n, n), dtype=np.float32)
+            patterns = resample_into(out, data, prepared.transform, options.chunk)
     else:
         _check_values(data)  # NaN and negative counts: the solver's own clear errors, before any fit
         prepared = prepare(data, recorded, options, materialise=not lazy)

@@ -146,3 +146,55 @@ def test_lazy_resampling_equals_the_memory_mapped_copy():
         np.asarray(streamed[3:6, 5:10].compute()).reshape(-1, *data.shape[-2:]),
         mapped.reshape(data.shape)[3:6, 5:10].reshape(-1, *data.shape[-2:]),
     )
+
+
+def test_in_memory_data_under_torchrun_are_measured_on_rank_zero_only(monkeypatch):
+    """Under torchrun, data in memory (every rank holds them whole) are measured by rank 0 alone; the
+    other ranks receive its result and resample with it. Each rank's patterns, geometry and report
+    equal one process's. Two ranks are played in one process: rank_and_size and the broadcast faked."""
+    import torch.distributed as dist
+
+    import app_extension.measurements as measurements
+    import app_extension.solver.distributed as distributed
+    from app_extension.preparation import prepare_data
+    from app_extension.solver.config import CalibrationOptions, Geometry
+
+    data = recorded_data()
+    sy, sx = data.shape[:2]
+    recorded = recorded_calibration()
+    dy, dx = recorded.scan_step
+    yy, xx = np.meshgrid(np.arange(sy) * dy, np.arange(sx) * dx, indexing="ij")
+    raster = np.stack([yy.ravel(), xx.ravel()], axis=1)
+    geometry = Geometry(300e3, 22.0, recorded.reciprocal_sampling, raster, defocus=DEFOCUS)
+    options = CalibrationOptions(fit_aberrations=False)
+    single = prepare_data(data, geometry, (sy, sx), options, thickness=THICKNESS)
+
+    sent = []
+
+    def broadcast_from_rank_zero(box, src):
+        sent.append(box[0])
+
+    monkeypatch.setattr(distributed, "rank_and_size", lambda: (0, 2))
+    monkeypatch.setattr(dist, "broadcast_object_list", broadcast_from_rank_zero)
+    rank0 = prepare_data(data, geometry, (sy, sx), options, thickness=THICKNESS)
+    assert len(sent) == 1 and sent[0].patterns is None  # the measurement only, not the patterns
+
+    def receive(box, src):
+        box[0] = sent[0]
+
+    def must_not_measure(*args, **kwargs):
+        raise AssertionError("rank 1 measured the data itself")
+
+    monkeypatch.setattr(distributed, "rank_and_size", lambda: (1, 2))
+    monkeypatch.setattr(dist, "broadcast_object_list", receive)
+    monkeypatch.setattr(measurements, "prepare", must_not_measure)
+    rank1 = prepare_data(data, geometry, (sy, sx), options, thickness=THICKNESS)
+
+    for inputs in (rank0, rank1):
+        np.testing.assert_array_equal(np.asarray(inputs.patterns), np.asarray(single.patterns))
+        np.testing.assert_array_equal(inputs.detector_mask, single.detector_mask)
+        np.testing.assert_array_equal(inputs.geometry.scan_positions, single.geometry.scan_positions)
+        assert inputs.geometry.defocus == single.geometry.defocus
+        a, b = inputs.report.to_dict(), single.report.to_dict()
+        a.pop("timings_s"), b.pop("timings_s")
+        assert a == b
