@@ -60,6 +60,7 @@ def prepare_data(
     *,
     scan_rotation: float | None = None,
     thickness: float | None = None,
+    device="cpu",
 ) -> SolverInputs:
     """Measure the calibration from the data and put the patterns in the solver's frame.
 
@@ -80,6 +81,10 @@ def prepare_data(
     thickness
         The thickness guess in Å (the parallax defocus refers to the
         specimen's middle).
+    device
+        The run's torch device: under torchrun the process group is joined
+        for it (as the solver would) before the calibration stage, so that
+        rank 0 alone measures.
     """
     if not calibration.calibrate:
         return SolverInputs(data, geometry, _user_mask(calibration), None, float(scan_rotation or 0.0))
@@ -105,8 +110,9 @@ def prepare_data(
         use_measured_semiangle=calibration.use_measured_semiangle,
         thickness=thickness,
     )
-    from .solver.distributed import rank_and_size
+    from .solver.distributed import from_environment, rank_and_size
 
+    from_environment(device)  # under torchrun: join the process group before the calibration stage
     lazy = hasattr(data, "compute") and not isinstance(data, np.ndarray)
     rank, world = rank_and_size()
     if world > 1:

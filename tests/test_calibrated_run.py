@@ -87,9 +87,15 @@ def test_cli_prints_the_calibration(tmp_path, capsys):
     assert "Calibration measured from the data" in out and "scan rotation" in out and "bad pixels" in out
 
 
-def test_py4dstem_class_runs_the_same_stage():
+def test_py4dstem_class_runs_the_same_stage(monkeypatch):
     py4DSTEM = pytest.importorskip("py4DSTEM")
+    import app_extension.solver.distributed as distributed
     from app_extension.py4dstem import AdaptivePropagatorPtychography
+
+    joined = []  # the stage joins torchrun's group for the class's device (so rank 0 alone measures)
+    monkeypatch.setattr(
+        distributed, "from_environment", lambda device: joined.append(device) or (None, device)
+    )
 
     dc = py4DSTEM.DataCube(data=md.recorded_data().copy())
     dc.calibration.set_R_pixel_size(md.ideal().scan_step)
@@ -105,6 +111,7 @@ def test_py4dstem_class_runs_the_same_stage():
         defocus=md.DEFOCUS,
         verbose=False,
     ).preprocess()
+    assert joined == ["cpu"]
     report = p.calibration_report
     assert report["rotation_deg"] == pytest.approx(md.ROTATION, abs=1.5)
     np.testing.assert_allclose(report["centre_px"], md.AXIS, atol=0.3)

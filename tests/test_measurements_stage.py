@@ -167,7 +167,12 @@ def test_in_memory_data_under_torchrun_are_measured_on_rank_zero_only(monkeypatc
     raster = np.stack([yy.ravel(), xx.ravel()], axis=1)
     geometry = Geometry(300e3, 22.0, recorded.reciprocal_sampling, raster, defocus=DEFOCUS)
     options = CalibrationOptions(fit_aberrations=False)
-    single = prepare_data(data, geometry, (sy, sx), options, thickness=THICKNESS)
+    joined = []  # the process group is joined (torchrun) before the stage, for the run's device
+    monkeypatch.setattr(
+        distributed, "from_environment", lambda device: joined.append(device) or (None, device)
+    )
+    single = prepare_data(data, geometry, (sy, sx), options, thickness=THICKNESS, device="cpu")
+    assert joined == ["cpu"]
 
     sent = []
 

@@ -423,6 +423,7 @@ class AdaptivePropagatorPtychography(Custom):
             options,
             scan_rotation=self._force_rotation,
             thickness=thickness,
+            device=self._device,
         )
         self._geometry = inputs.geometry
         self._report = inputs.report.to_dict()

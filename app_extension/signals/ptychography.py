@@ -163,10 +163,6 @@ class AppPtychography2D(Signal2D):
         )
         check_disk_on_detector(geometry, self.axes_manager.signal_shape[0])
         thickness = state.thickness if state is not None else config.num_slices * config.slice_thickness
-        if calibration.calibrate:
-            from ..solver.distributed import from_environment
-
-            from_environment(config.device)  # under torchrun: join the group before the calibration stage
         inputs = prepare_data(
             self.data,
             geometry,
@@ -174,6 +170,7 @@ class AppPtychography2D(Signal2D):
             calibration,
             scan_rotation=experiment.scan_rotation,
             thickness=thickness,
+            device=config.device,
         )
         geometry, rotation = inputs.geometry, inputs.scan_rotation
         if experiment.scan_rotation is None and previous_positions is not None and not calibration.calibrate:
