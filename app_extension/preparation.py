@@ -125,9 +125,7 @@ def prepare_data(
         else:
             from .measurements.stage import resample_into
 
-            sy, sx, n = (int(v) for v in np.shape(data)[:3])
-            out = np.empty((sy * sx, n, n), dtype=np.float32)
-            patterns = resample_into(out, data, prepared.transform, options.chunk)
+            patterns = resample_into(None, data, prepared.transform, options.chunk)
     else:
         _check_values(data)  # NaN and negative counts: the solver's own clear errors, before any fit
         prepared = prepare(data, recorded, options, materialise=not lazy)

@@ -296,7 +296,11 @@ def _as_4d(patterns):
 
 def resample_into(out, patterns, transform, rows: int):
     """Fill ``out`` (P, N, N) with ``transform`` of the (scan_y, scan_x, N, N) patterns, ``rows`` scan
-    rows at a time (numpy or dask; a memory-mapped ``out`` keeps lazy data out of memory)."""
+    rows at a time (numpy or dask; a memory-mapped ``out`` keeps lazy data out of memory).
+    ``out=None``: a new float32 array in memory."""
+    if out is None:
+        sy, sx, n, _ = (int(v) for v in patterns.shape)
+        out = np.empty((sy * sx, n, n), dtype=np.float32)
     for start, block in _chunks(patterns, rows):
         idx = np.arange(start, start + block.shape[0])
         out[idx] = transform(block, idx)
@@ -640,7 +644,7 @@ def prepare(
     report.masked_pixels = int((~mask).sum())
     out = None
     if materialise:
-        out = resample_into(np.empty((npos, n, n), dtype=np.float32), patterns, transform, options.chunk)
+        out = resample_into(None, patterns, transform, options.chunk)
     timings["resample"] = time.perf_counter() - t0
     report.timings_s = {k: round(float(v), 4) for k, v in timings.items()}
     geometry = Geometry(
