@@ -20,6 +20,8 @@ Usage::
     python validation/dose.py --datasets poisson --slices 10 --threads 2 --candidates tilt_true_fixed \
         prior0 prior_x4 phase_only mask_2alpha coarse_split lowpass05 lowpass10
     python validation/dose.py --datasets tilt --slices 10 --threads 2 --candidates lowpass05
+    python validation/dose.py --datasets poisson --slices 10 --threads 2 --candidates prior_A devlp05 \
+        prior_A_devlp05 devlp10 coarse14 coarse14_hold dzk1 dzk2
     python validation/dose.py --table        # the table of all recorded runs
 """
 
@@ -76,8 +78,20 @@ CANDIDATES.update({name: {} for name in HOLDOUT})
 #: ``lowpass05`` / ``lowpass10``: after the depth prior, every slice is low-passed laterally by a Gaussian
 #: of sigma 0.5 / 1 px (0.077 / 0.154 Å here), which suppresses the noise the slices hold.
 LOWPASS = {"lowpass05": 0.5, "lowpass10": 1.0}
-WRAPPED = ("prior_x4", "phase_only", "mask_2alpha", "coarse_split", *LOWPASS)
+#: ``prior_A``: the depth prior's smoothing as a length in Å (the variance of weight 0.5 on 20 Å
+#: slices, spread over as many applications as the slices need); ``devlp05``: the lateral Gaussian of
+#: ``lowpass05`` on each slice's deviation from the slices' mean only (the mean phase is kept).
+DEVLP = {"devlp05": 0.5, "devlp10": 1.0, "prior_A_devlp05": 0.5}
+WRAPPED = ("prior_x4", "phase_only", "mask_2alpha", "coarse_split", "prior_A", *LOWPASS, *DEVLP)
 CANDIDATES.update({name: {} for name in WRAPPED})
+
+
+def _lateral_gaussian(field: torch.Tensor, sigma: float) -> torch.Tensor:
+    """Each slice of ``field`` (S, H, W) convolved laterally with a Gaussian of ``sigma`` pixels (periodic)."""
+    ky = torch.fft.fftfreq(field.shape[-2], dtype=torch.float64)
+    kx = torch.fft.fftfreq(field.shape[-1], dtype=torch.float64)
+    gauss = torch.exp(-2 * np.pi**2 * sigma**2 * (ky[:, None] ** 2 + kx[None, :] ** 2))
+    return torch.fft.ifft2(torch.fft.fft2(field) * gauss.to(field.dtype)).real
 
 
 def _wrap(name: str):
@@ -96,13 +110,40 @@ def _wrap(name: str):
 
         def smooth_and_lowpass(field, weight):
             original(field, weight)
-            ky = torch.fft.fftfreq(field.shape[-2], dtype=torch.float64)
-            kx = torch.fft.fftfreq(field.shape[-1], dtype=torch.float64)
-            gauss = torch.exp(-2 * np.pi**2 * sigma**2 * (ky[:, None] ** 2 + kx[None, :] ** 2))
-            field.copy_(torch.fft.ifft2(torch.fft.fft2(field) * gauss.to(field.dtype)).real)
+            field.copy_(_lateral_gaussian(field, sigma))
 
         steps.smooth_depth = smooth_and_lowpass
         return lambda: setattr(steps, "smooth_depth", original)
+    if name == "prior_A" or name in DEVLP:
+        original_c = steps.apply_constraints
+        sigma = DEVLP.get(name, 0.0)
+
+        @torch.no_grad()
+        def constraints(run):
+            state = run.state
+            if name.startswith("prior_A"):
+                dz = float(state.slice_thickness)
+                variance = 0.5 * 20.0**2  # Å^2 per iteration
+                reps = max(1, int(np.ceil(variance / (0.5 * dz**2))))
+                weight = min(0.5, variance / (reps * dz**2))
+                for _ in range(reps - 1):
+                    steps.smooth_depth(state.phase, weight)
+                    steps.smooth_depth(state.amplitude, weight)
+                saved = run.config.depth_regularization
+                object.__setattr__(run.config, "depth_regularization", weight)
+                try:
+                    original_c(run)
+                finally:
+                    object.__setattr__(run.config, "depth_regularization", saved)
+            else:
+                original_c(run)
+            if sigma > 0:
+                for field in (state.phase, state.amplitude):
+                    mean = field.mean(dim=0, keepdim=True)
+                    field.copy_(mean + _lateral_gaussian(field - mean, sigma))
+
+        steps.apply_constraints = constraints
+        return lambda: setattr(steps, "apply_constraints", original_c)
     if name == "phase_only":
         original = steps.set_trainable
 
@@ -137,11 +178,45 @@ def _split_slices(state, factor: int = 2):
     return out
 
 
-def _coarse_split(data, geometry, config: SolverConfig):
-    first = config.iterations // 2
+#: ``coarse14`` / ``coarse14_hold``: as ``coarse_split`` with 14 of the 20 iterations coarse; ``_hold``
+#: keeps the coarse model's thickness after the split (dz no longer learned).
+COARSE = {"coarse_split": (0.5, False), "coarse14": (0.7, False), "coarse14_hold": (0.7, True)}
+CANDIDATES.update({name: {} for name in COARSE})
+
+
+#: ``dzk1`` / ``dzk2``: the forward model unchanged, but the slice thickness's gradient only through
+#: the propagator's values at |k| <= 1 or 2 alpha / lambda (elsewhere the propagator uses dz detached).
+DZK = {"dzk1": 1.0, "dzk15": 1.5, "dzk2": 2.0}
+CANDIDATES.update({name: {} for name in DZK})
+
+
+def _dz_through_low_k(factor: float, semiangle_mrad: float):
+    original = steps.batch_propagator
+
+    def batch_propagator(run, batch):
+        prop = original(run, batch)
+        state = run.state
+        dz = state.slice_thickness
+        state.slice_thickness = dz.detach()
+        try:
+            fixed = original(run, batch)
+        finally:
+            state.slice_thickness = dz
+        k = torch.sqrt(run.ky**2 + run.kx**2)  # (N, N) grids
+        low = k <= factor * semiangle_mrad * 1e-3 / float(state.wavelength)
+        return torch.where(low, prop, fixed)
+
+    steps.batch_propagator = batch_propagator
+    return lambda: setattr(steps, "batch_propagator", original)
+
+
+def _coarse_split(data, geometry, config: SolverConfig, fraction: float = 0.5, hold: bool = False):
+    first = int(round(config.iterations * fraction))
     coarse = config.replace(num_slices=config.num_slices // 2, slice_thickness=2 * config.slice_thickness)
     state = reconstruct(data, geometry, coarse, iterations=first, show_progressbar=False)
     state = _split_slices(state)
+    if hold:
+        config = config.replace(start_dz=10**6)
     return reconstruct(
         data, geometry, config, state=state, iterations=config.iterations - first, show_progressbar=False
     )
@@ -213,12 +288,14 @@ def run_one(data, geometry, dataset: str, num_slices: int, candidate: str, itera
     )
     steps.thickness_step = recording
     restore = _wrap(candidate)
+    if candidate in DZK:
+        restore = _dz_through_low_k(DZK[candidate], geometry.semiangle)
     if candidate in HOLDOUT:
         restore = _hold_out(HOLDOUT[candidate], geometry.scan_positions.shape[0])
     t0 = time.perf_counter()
     try:
-        if candidate == "coarse_split":
-            state = _coarse_split(data, geometry, config)
+        if candidate in COARSE:
+            state = _coarse_split(data, geometry, config, *COARSE[candidate])
         else:
             mask = _bright_field_mask(data, geometry) if candidate == "mask_2alpha" else None
             state = reconstruct(data, geometry, config, show_progressbar=False, detector_mask=mask)
