@@ -21,7 +21,7 @@ Usage::
         prior0 prior_x4 phase_only mask_2alpha coarse_split lowpass05 lowpass10
     python validation/dose.py --datasets tilt --slices 10 --threads 2 --candidates lowpass05
     python validation/dose.py --datasets poisson --slices 10 --threads 2 --candidates prior_A devlp05 \
-        prior_A_devlp05 devlp10 coarse14 coarse14_hold dzk1 dzk2
+        prior_A_devlp05 devlp10 coarse14 coarse14_hold dzk1 dzk2 lr_decay lr_decay_all
     python validation/dose.py --table        # the table of all recorded runs
 """
 
@@ -84,6 +84,27 @@ LOWPASS = {"lowpass05": 0.5, "lowpass10": 1.0}
 DEVLP = {"devlp05": 0.5, "devlp10": 1.0, "prior_A_devlp05": 0.5}
 WRAPPED = ("prior_x4", "phase_only", "mask_2alpha", "coarse_split", "prior_A", *LOWPASS, *DEVLP)
 CANDIDATES.update({name: {} for name in WRAPPED})
+
+
+#: ``lr_decay`` / ``lr_decay_all``: the object's (and the probe's) Adam step decays geometrically
+#: from iteration 5 to 0.1 of its value at the last iteration (the optimiser's own jitter shrinks).
+DECAY = {"lr_decay": ("object",), "lr_decay_all": ("object", "probe")}
+CANDIDATES.update({name: {} for name in DECAY})
+
+
+def _decaying_rates(groups: tuple[str, ...], start: int = 5, final: float = 0.1):
+    original = steps.set_trainable
+
+    def set_trainable(run, iteration):
+        original(run, iteration)
+        span = max(1, run.config.iterations - 1 - start)
+        factor = final ** (min(max(iteration - start, 0), span) / span)
+        for group in run.adam.param_groups:
+            if group.get("name") in groups:
+                group["lr"] = factor * getattr(run.config, f"lr_{group['name']}")
+
+    steps.set_trainable = set_trainable
+    return lambda: setattr(steps, "set_trainable", original)
 
 
 def _lateral_gaussian(field: torch.Tensor, sigma: float) -> torch.Tensor:
@@ -288,6 +309,8 @@ def run_one(data, geometry, dataset: str, num_slices: int, candidate: str, itera
     )
     steps.thickness_step = recording
     restore = _wrap(candidate)
+    if candidate in DECAY:
+        restore = _decaying_rates(DECAY[candidate])
     if candidate in DZK:
         restore = _dz_through_low_k(DZK[candidate], geometry.semiangle)
     if candidate in HOLDOUT:
