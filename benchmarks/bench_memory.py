@@ -24,9 +24,14 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 #: the shared reference scan (beside the repository, or in /work/shared)
-DATA = next(
-    (p for p in (HERE.parents[1] / "shared", Path("/work/shared")) if (p / "data").is_dir()), Path("/work/shared")
-) / "data" / "sto_tilt_8_-3.h5"
+DATA = (
+    next(
+        (p for p in (HERE.parents[1] / "shared", Path("/work/shared")) if (p / "data").is_dir()),
+        Path("/work/shared"),
+    )
+    / "data"
+    / "sto_tilt_8_-3.h5"
+)
 
 #: name -> settings; the shared 32 x 32 scan of 128 x 128 patterns
 CASES = {
@@ -98,7 +103,11 @@ def main() -> None:
     results = []
     for name in CASES:
         out = subprocess.run(
-            [sys.executable, __file__, "--case", name], capture_output=True, text=True, check=True, env=os.environ
+            [sys.executable, __file__, "--case", name],
+            capture_output=True,
+            text=True,
+            check=True,
+            env=os.environ,
         ).stdout
         record = json.loads(out.strip().splitlines()[-1].removeprefix("RESULT "))
         print(json.dumps(record, indent=1))

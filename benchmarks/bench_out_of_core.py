@@ -39,7 +39,8 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 SHARED = next(
-    (p for p in (HERE.parents[1] / "shared", Path("/work/shared")) if (p / "data").is_dir()), Path("/work/shared")
+    (p for p in (HERE.parents[1] / "shared", Path("/work/shared")) if (p / "data").is_dir()),
+    Path("/work/shared"),
 )
 SOURCE = SHARED / "data" / "sto_tilt_8_-3.h5"
 #: the scan (APP_OOC_SCAN="32,32" for a quick check of the script)
@@ -63,7 +64,10 @@ def _attrs() -> dict:
     import h5py
 
     with h5py.File(SOURCE, "r") as f:
-        return {k: (v.item() if hasattr(v, "item") and getattr(v, "size", 2) == 1 else v) for k, v in f.attrs.items()}
+        return {
+            k: (v.item() if hasattr(v, "item") and getattr(v, "size", 2) == 1 else v)
+            for k, v in f.attrs.items()
+        }
 
 
 def make() -> dict:
@@ -82,8 +86,14 @@ def make() -> dict:
     t0 = time.perf_counter()
     s.save(ZSPY, chunks=CHUNKS, overwrite=True, show_progressbar=False)
     size = sum(p.stat().st_size for p in ZSPY.rglob("*") if p.is_file())
-    return {"file": str(ZSPY), "shape": list(tiled.shape), "nbytes_MB": tiled.nbytes / 1e6,
-            "on_disk_MB": size / 1e6, "max_count": int(tiled.max()), "write_s": time.perf_counter() - t0}
+    return {
+        "file": str(ZSPY),
+        "shape": list(tiled.shape),
+        "nbytes_MB": tiled.nbytes / 1e6,
+        "on_disk_MB": size / 1e6,
+        "max_count": int(tiled.max()),
+        "write_s": time.perf_counter() - t0,
+    }
 
 
 def bare() -> dict:
@@ -146,7 +156,11 @@ def run(kind: str) -> dict:
 
 def _child(step: str) -> dict:
     out = subprocess.run(
-        [sys.executable, __file__, "--step", step], capture_output=True, text=True, env=os.environ, check=False
+        [sys.executable, __file__, "--step", step],
+        capture_output=True,
+        text=True,
+        env=os.environ,
+        check=False,
     )
     if out.returncode:
         sys.exit(f"step {step} failed:\n{out.stderr[-4000:]}")

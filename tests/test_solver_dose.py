@@ -138,4 +138,3 @@ def test_anscombe_loss_runs_on_counts():
     assert state.status == "ok"
     loss = np.array(state.history["loss"])
     assert np.all(np.isfinite(loss)) and loss[-1] < loss[0]
-

@@ -30,9 +30,7 @@ def test_poisson_loss_is_negative_log_likelihood():
     got = poisson_loss(torch.as_tensor(model), torch.as_tensor(measured)).item()
     # half the Poisson deviance: the negative log-likelihood minus its value at model == measured
     saturated = np.sum(measured * np.log(np.where(measured > 0, measured, 1.0)) - measured)
-    np.testing.assert_allclose(
-        got, np.sum(model - measured * np.log(model + 1e-8)) + saturated, rtol=1e-10
-    )
+    np.testing.assert_allclose(got, np.sum(model - measured * np.log(model + 1e-8)) + saturated, rtol=1e-10)
     # minimal at model == measured (for the pixels with counts)
     m = torch.tensor(measured + 0.1, requires_grad=True)
     poisson_loss(m, torch.as_tensor(measured + 0.1)).backward()

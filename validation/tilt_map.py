@@ -11,6 +11,8 @@ Cases (all from tilt (0, 0), default options but ``tilt_map=True``):
   forward model (``app_extension.simulate.simulate_tilt_field``), ``tilt_map_regularizer="tv"``;
 * ``bent_polish`` (diagnostic): the bent map with the local drift-to-tilt step stopped after two
   thirds of the iterations, the rest by gradient with the map learned or held;
+* ``bent_crystal_prior`` (diagnostic): the map held in the slices (one propagator tilt, the map
+  measured as the slices' local drift), with the depth prior taken in the crystal's frame;
 * ``bent_x``: a bend along x (theta_x +6 to -4 mrad, theta_y -2) from the project's own forward model,
   the map and global APP (the held-out abTEM twin's question, on other values);
 * ``cost``: seconds per iteration of a global and a tilt-map run on sto_bent_y.h5, interleaved.
@@ -281,6 +283,93 @@ def case_bent_polish(args, states: Path) -> dict:
     return out
 
 
+def case_bent_crystal_prior(args, states: Path) -> dict:
+    """Diagnostic: a tilt map held in the slices, with the depth prior taken in the crystal's frame.
+
+    The propagator keeps one (global, learned) tilt; the slices keep the bend (as in global APP),
+    and the map is the global tilt plus the slices' local drift with depth, measured around each
+    control point when the drift-to-tilt step is due (no warp back). The depth prior averages each
+    slice with its neighbours *after* shifting them by the local drift between adjacent slices, so
+    it no longer pulls a bent crystal's slices straight. If global APP's lower loss comes from its
+    slices holding the bend's stretch, this model should reach a loss at or below global APP's
+    while its map stays on the true field.
+    """
+    import app_extension.solver.steps as steps
+    from app_extension.solver.tilt_field import _pixel_weights, refresh_position_tilts, warp_slices
+
+    data, geometry = load_recorded(DATA / "sto_bent_y.h5")
+    truth = bent_truth(geometry.scan_positions)
+    trainable, drift, constraints, smooth = (
+        steps.set_trainable,
+        steps.drift_to_tilt,
+        steps.apply_constraints,
+        steps.smooth_depth,
+    )
+    local: dict = {"slope": None}
+
+    def set_trainable(run, iteration):
+        trainable(run, iteration)
+        run.map_active = False  # the propagator: the grid's mean tilt only
+
+    def drift_to_tilt(run, iteration):
+        state = run.state
+        if not steps.drift_due(run.config, iteration, state.num_slices):
+            return None
+        change = steps.move_drift_into_tilt(state, run.data.window)
+        if iteration >= run.config.tilt_map_start:
+            found = measure_local_drift(state, state.tilt_field, run.data.window, run.config.tilt_map_vacuum)
+            slope = np.where(found["undetermined"][:, None], 0.0, found["slope"])
+            local["slope"] = slope - slope[~found["undetermined"]].mean(axis=0)
+        return change
+
+    def apply_constraints(run):
+        state = run.state
+
+        def crystal_frame(field, weight):
+            if local["slope"] is None or weight <= 0:
+                return smooth(field, weight)
+            index, wgt = _pixel_weights(state, state.tilt_field)
+            h, w = field.shape[-2:]
+            pixel = (local["slope"][index] * wgt[..., None]).sum(axis=1).reshape(h, w, 2)[..., ::-1]
+            delta = np.broadcast_to(pixel * state.dz / state.sampling, (field.shape[0], h, w, 2))
+            f = field.detach().cpu().numpy()
+            up, down = warp_slices(f, delta), warp_slices(f, -delta)  # slice s-1 (s+1) onto slice s
+            near = np.empty_like(up)
+            near[1:-1] = 0.5 * (up[:-2] + down[2:])
+            near[0], near[-1] = down[1], up[-2]
+            field.mul_(1 - weight).add_(torch.as_tensor(near, dtype=field.dtype), alpha=weight)
+
+        steps.smooth_depth = crystal_frame
+        try:
+            constraints(run)
+        finally:
+            steps.smooth_depth = smooth
+
+    steps.set_trainable, steps.drift_to_tilt, steps.apply_constraints = (
+        set_trainable,
+        drift_to_tilt,
+        apply_constraints,
+    )
+    try:
+        config = SolverConfig(iterations=args.iterations, tilt_map=True)
+        state, info = solve(data, geometry, config, "bent_crystal_prior", states)
+    finally:
+        steps.set_trainable, steps.drift_to_tilt, steps.apply_constraints = trainable, drift, constraints
+    with torch.no_grad():  # the map: the global tilt plus the measured local drift
+        mean = torch.tan(state.tilt_grid.double().mean(dim=0) * 1e-3)
+        slope = torch.as_tensor(local["slope"] if local["slope"] is not None else 0.0, dtype=torch.float64)
+        state.tilt_grid.copy_((torch.atan(mean + slope) * 1e3).to(state.tilt_grid.dtype))
+        refresh_position_tilts(state)
+    info["thickness_error"] = state.thickness / 101.53 - 1
+    info["map"] = map_metrics(state, geometry, truth, probe_radius(geometry, state.thickness))
+    info["columns"] = column_sharpness(state, geometry, data.shape[-1])
+    print(
+        "bent_crystal_prior",
+        json.dumps({k: v for k, v in info.items() if k != "seconds_per_iteration"})[:1500],
+    )
+    return {"bent_crystal_prior": info}
+
+
 BENT_X_SPAN = 11.5  # Å, first to last scan column of the bent_x case
 
 
@@ -459,6 +548,7 @@ def figures(out: Path, states: Path) -> None:
 CASES = {
     "bent": case_bent,
     "bent_polish": case_bent_polish,
+    "bent_crystal_prior": case_bent_crystal_prior,
     "bent_x": case_bent_x,
     "uniform": case_uniform,
     "dose": case_dose,
