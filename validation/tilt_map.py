@@ -13,6 +13,8 @@ Cases (all from tilt (0, 0), default options but ``tilt_map=True``):
   thirds of the iterations, the rest by gradient with the map learned or held;
 * ``bent_crystal_prior`` (diagnostic): the map held in the slices (one propagator tilt, the map
   measured as the slices' local drift), with the depth prior taken in the crystal's frame;
+* ``bent_hybrid`` (diagnostic): the default map for two thirds of the iterations, then the map held
+  and moved into the slices, with the crystal-frame depth prior for the rest;
 * ``bent_x``: a bend along x (theta_x +6 to -4 mrad, theta_y -2) from the project's own forward model,
   the map and global APP (the held-out abTEM twin's question, on other values);
 * ``cost``: seconds per iteration of a global and a tilt-map run on sto_bent_y.h5, interleaved.
@@ -283,6 +285,108 @@ def case_bent_polish(args, states: Path) -> dict:
     return out
 
 
+def _with_crystal_frame_prior(run, slope, constraints, smooth) -> None:
+    """``constraints(run)`` with the depth prior taken after shifting each slice's neighbours onto it.
+
+    ``slope`` (K, 2): the local drift with depth at the control points, as tan(theta) (x, y),
+    relative to the propagator's tilt; None gives the plain prior.
+    """
+    import app_extension.solver.steps as steps
+    from app_extension.solver.tilt_field import _pixel_weights, warp_slices
+
+    state = run.state
+
+    def crystal_frame(field, weight):
+        if slope is None or weight <= 0:
+            return smooth(field, weight)
+        index, wgt = _pixel_weights(state, state.tilt_field)
+        h, w = field.shape[-2:]
+        pixel = (slope[index] * wgt[..., None]).sum(axis=1).reshape(h, w, 2)[..., ::-1]
+        delta = np.broadcast_to(pixel * state.dz / state.sampling, (field.shape[0], h, w, 2))
+        f = field.detach().cpu().numpy()
+        up, down = warp_slices(f, delta), warp_slices(f, -delta)  # slice s-1 (s+1) onto slice s
+        near = np.empty_like(up)
+        near[1:-1] = 0.5 * (up[:-2] + down[2:])
+        near[0], near[-1] = down[1], up[-2]
+        field.mul_(1 - weight).add_(torch.as_tensor(near, dtype=field.dtype), alpha=weight)
+
+    steps.smooth_depth = crystal_frame
+    try:
+        constraints(run)
+    finally:
+        steps.smooth_depth = smooth
+
+
+def case_bent_hybrid(args, states: Path) -> dict:
+    """Diagnostic: the default map for two thirds of the iterations, then the map moved into the slices.
+
+    After the default tilt map's part, the per-position tilts' departure from their mean is moved
+    into the slices (slice s warped by +z_s (tan theta(r) - tan mean), the inverse of the local
+    drift-to-tilt step's warp), the propagator keeps the mean tilt, the map is held, and the last
+    third refines object and probe with the depth prior in the crystal's frame of the held map.
+    """
+    import app_extension.solver.steps as steps
+    from app_extension.solver.tilt_field import _pixel_weights, refresh_position_tilts, warp_slices
+
+    data, geometry = load_recorded(DATA / "sto_bent_y.h5")
+    truth = bent_truth(geometry.scan_positions)
+    first = (2 * args.iterations) // 3
+    config = SolverConfig(iterations=args.iterations, tilt_map=True)
+    t0 = time.perf_counter()
+    state = reconstruct(data, geometry, config, iterations=first, show_progressbar=False)
+    loss_before = state.history["loss"][-1]
+    grid = state.tilt_grid.detach().double().numpy()
+    tan = np.tan(grid * 1e-3)
+    slope = tan - tan.mean(axis=0)
+    index, wgt = _pixel_weights(state, state.tilt_field)
+    h, w = state.phase.shape[-2:]
+    pixel = (slope[index] * wgt[..., None]).sum(axis=1).reshape(h, w, 2)[..., ::-1] / state.sampling
+    shift = np.arange(state.num_slices)[:, None, None, None] * state.dz * pixel[None]
+    with torch.no_grad():
+        for name in ("phase", "amplitude"):
+            tensor = getattr(state, name)
+            tensor.copy_(torch.as_tensor(warp_slices(tensor.detach().numpy(), shift), dtype=tensor.dtype))
+    trainable, drift, constraints, smooth = (
+        steps.set_trainable,
+        steps.drift_to_tilt,
+        steps.apply_constraints,
+        steps.smooth_depth,
+    )
+
+    def set_trainable(run, iteration):
+        trainable(run, iteration)
+        run.map_active = False
+        run.state.tilt_grid.requires_grad_(False)
+
+    def apply_constraints(run):
+        _with_crystal_frame_prior(run, slope, constraints, smooth)
+
+    steps.set_trainable, steps.apply_constraints = set_trainable, apply_constraints
+    steps.drift_to_tilt = lambda run, iteration: None
+    try:
+        state = reconstruct(
+            data, geometry, config, state=state, iterations=args.iterations - first, show_progressbar=False
+        )
+    finally:
+        steps.set_trainable, steps.drift_to_tilt, steps.apply_constraints = trainable, drift, constraints
+    with torch.no_grad():
+        state.tilt_grid.copy_(torch.as_tensor(grid, dtype=state.tilt_grid.dtype))
+        refresh_position_tilts(state)
+    info = {
+        "wall_s": time.perf_counter() - t0,
+        "iterations": int(state.iteration),
+        "map_part_iterations": first,
+        "loss_after_map_part": loss_before,
+        "final_loss": state.history["loss"][-1],
+        "thickness_A": state.thickness,
+        "thickness_error": state.thickness / 101.53 - 1,
+        "map": map_metrics(state, geometry, truth, probe_radius(geometry, state.thickness)),
+        "columns": column_sharpness(state, geometry, data.shape[-1]),
+    }
+    print("bent_hybrid", json.dumps(info)[:1200], flush=True)
+    return {"bent_hybrid": info}
+
+
 def case_bent_crystal_prior(args, states: Path) -> dict:
     """Diagnostic: a tilt map held in the slices, with the depth prior taken in the crystal's frame.
 
@@ -295,7 +399,7 @@ def case_bent_crystal_prior(args, states: Path) -> dict:
     while its map stays on the true field.
     """
     import app_extension.solver.steps as steps
-    from app_extension.solver.tilt_field import _pixel_weights, refresh_position_tilts, warp_slices
+    from app_extension.solver.tilt_field import refresh_position_tilts
 
     data, geometry = load_recorded(DATA / "sto_bent_y.h5")
     truth = bent_truth(geometry.scan_positions)
@@ -323,27 +427,7 @@ def case_bent_crystal_prior(args, states: Path) -> dict:
         return change
 
     def apply_constraints(run):
-        state = run.state
-
-        def crystal_frame(field, weight):
-            if local["slope"] is None or weight <= 0:
-                return smooth(field, weight)
-            index, wgt = _pixel_weights(state, state.tilt_field)
-            h, w = field.shape[-2:]
-            pixel = (local["slope"][index] * wgt[..., None]).sum(axis=1).reshape(h, w, 2)[..., ::-1]
-            delta = np.broadcast_to(pixel * state.dz / state.sampling, (field.shape[0], h, w, 2))
-            f = field.detach().cpu().numpy()
-            up, down = warp_slices(f, delta), warp_slices(f, -delta)  # slice s-1 (s+1) onto slice s
-            near = np.empty_like(up)
-            near[1:-1] = 0.5 * (up[:-2] + down[2:])
-            near[0], near[-1] = down[1], up[-2]
-            field.mul_(1 - weight).add_(torch.as_tensor(near, dtype=field.dtype), alpha=weight)
-
-        steps.smooth_depth = crystal_frame
-        try:
-            constraints(run)
-        finally:
-            steps.smooth_depth = smooth
+        _with_crystal_frame_prior(run, local["slope"], constraints, smooth)
 
     steps.set_trainable, steps.drift_to_tilt, steps.apply_constraints = (
         set_trainable,
@@ -549,6 +633,7 @@ CASES = {
     "bent": case_bent,
     "bent_polish": case_bent_polish,
     "bent_crystal_prior": case_bent_crystal_prior,
+    "bent_hybrid": case_bent_hybrid,
     "bent_x": case_bent_x,
     "uniform": case_uniform,
     "dose": case_dose,
