@@ -14,7 +14,8 @@ Cases (all from tilt (0, 0), default options but ``tilt_map=True``):
 * ``bent_crystal_prior`` (diagnostic): the map held in the slices (one propagator tilt, the map
   measured as the slices' local drift), with the depth prior taken in the crystal's frame;
 * ``bent_hybrid`` (diagnostic): the default map for two thirds of the iterations, then the map held
-  and moved into the slices, with the crystal-frame depth prior for the rest;
+  and moved into the slices, with the crystal-frame depth prior for the rest (``bent_x_hybrid``: the
+  same on the bent_x crystal);
 * ``bent_x``: a bend along x (theta_x +6 to -4 mrad, theta_y -2) from the project's own forward model,
   the map and global APP (the held-out abTEM twin's question, on other values);
 * ``cost``: seconds per iteration of a global and a tilt-map run on sto_bent_y.h5, interleaved.
@@ -325,11 +326,21 @@ def case_bent_hybrid(args, states: Path) -> dict:
     drift-to-tilt step's warp), the propagator keeps the mean tilt, the map is held, and the last
     third refines object and probe with the depth prior in the crystal's frame of the held map.
     """
+    data, geometry = load_recorded(DATA / "sto_bent_y.h5")
+    return {"bent_hybrid": hybrid(data, geometry, bent_truth(geometry.scan_positions), 101.53, args)}
+
+
+def case_bent_x_hybrid(args, states: Path) -> dict:
+    """``bent_hybrid``'s schedule on the ``bent_x`` crystal (own forward model, bend along x)."""
+    data, geometry, truth, thickness = bent_x_data()
+    return {"bent_x_hybrid": hybrid(data, geometry, truth, thickness, args, "bent_x_hybrid")}
+
+
+def hybrid(data, geometry, truth, thickness, args, label: str = "bent_hybrid") -> dict:
+    """The ``bent_hybrid`` schedule on any data with a known tilt field ``truth`` (P, 2) mrad."""
     import app_extension.solver.steps as steps
     from app_extension.solver.tilt_field import _pixel_weights, refresh_position_tilts, warp_slices
 
-    data, geometry = load_recorded(DATA / "sto_bent_y.h5")
-    truth = bent_truth(geometry.scan_positions)
     first = (2 * args.iterations) // 3
     config = SolverConfig(iterations=args.iterations, tilt_map=True)
     t0 = time.perf_counter()
@@ -379,12 +390,13 @@ def case_bent_hybrid(args, states: Path) -> dict:
         "loss_after_map_part": loss_before,
         "final_loss": state.history["loss"][-1],
         "thickness_A": state.thickness,
-        "thickness_error": state.thickness / 101.53 - 1,
+        "thickness_error": state.thickness / thickness - 1,
         "map": map_metrics(state, geometry, truth, probe_radius(geometry, state.thickness)),
         "columns": column_sharpness(state, geometry, data.shape[-1]),
+        "settings": {"iterations": args.iterations, "threads": args.threads},
     }
-    print("bent_hybrid", json.dumps(info)[:1200], flush=True)
-    return {"bent_hybrid": info}
+    print(label, json.dumps(info)[:1200], flush=True)
+    return info
 
 
 def case_bent_crystal_prior(args, states: Path) -> dict:
@@ -470,6 +482,12 @@ def case_bent_x(args, states: Path) -> dict:
     values: ``simulate_tilt_field`` (tilt in the atoms, 24 x 24 scan at 0.5 Å, 64 px patterns,
     26 unit cells = 101.53 Å), default options from tilt (0, 0), the map and global APP.
     """
+    data, geometry, truth, thickness = bent_x_data()
+    return map_and_global("bent_x", data, geometry, truth, thickness, args, states)
+
+
+def bent_x_data():
+    """The bent_x crystal: data, geometry, the true field at the positions (P, 2) mrad, thickness (Å)."""
     from app_extension.simulate import simulate_tilt_field
 
     ds = simulate_tilt_field(
@@ -482,7 +500,7 @@ def case_bent_x(args, states: Path) -> dict:
     )
     pos = ds.geometry.scan_positions
     truth = np.stack(bent_x_field(pos[:, 0], pos[:, 1]), axis=1)
-    return map_and_global("bent_x", ds.data, ds.geometry, truth, ds.thickness, args, states)
+    return ds.data, ds.geometry, truth, ds.thickness
 
 
 def case_uniform(args, states: Path) -> dict:
@@ -634,6 +652,7 @@ CASES = {
     "bent_polish": case_bent_polish,
     "bent_crystal_prior": case_bent_crystal_prior,
     "bent_hybrid": case_bent_hybrid,
+    "bent_x_hybrid": case_bent_x_hybrid,
     "bent_x": case_bent_x,
     "uniform": case_uniform,
     "dose": case_dose,
