@@ -207,7 +207,7 @@ CANDIDATES.update({name: {} for name in COARSE})
 
 #: ``dzk1`` / ``dzk2``: the forward model unchanged, but the slice thickness's gradient only through
 #: the propagator's values at |k| <= 1 or 2 alpha / lambda (elsewhere the propagator uses dz detached).
-DZK = {"dzk1": 1.0, "dzk15": 1.5, "dzk2": 2.0}
+DZK = {"dzk1": 1.0, "dzk2": 2.0}
 CANDIDATES.update({name: {} for name in DZK})
 
 
