@@ -341,7 +341,7 @@ def hybrid(data, geometry, truth, thickness, args, label: str = "bent_hybrid") -
     import app_extension.solver.steps as steps
     from app_extension.solver.tilt_field import _pixel_weights, refresh_position_tilts, warp_slices
 
-    first = (2 * args.iterations) // 3
+    first = int(args.hold_fraction * args.iterations)
     config = SolverConfig(iterations=args.iterations, tilt_map=True)
     t0 = time.perf_counter()
     state = reconstruct(data, geometry, config, iterations=first, show_progressbar=False)
@@ -393,7 +393,11 @@ def hybrid(data, geometry, truth, thickness, args, label: str = "bent_hybrid") -
         "thickness_error": state.thickness / thickness - 1,
         "map": map_metrics(state, geometry, truth, probe_radius(geometry, state.thickness)),
         "columns": column_sharpness(state, geometry, data.shape[-1]),
-        "settings": {"iterations": args.iterations, "threads": args.threads},
+        "settings": {
+            "iterations": args.iterations,
+            "threads": args.threads,
+            "hold_fraction": args.hold_fraction,
+        },
     }
     print(label, json.dumps(info)[:1200], flush=True)
     return info
@@ -668,6 +672,12 @@ def main(argv=None):
     parser.add_argument("--cases", nargs="*", default=list(CASES), choices=list(CASES))
     parser.add_argument("--no-figures", action="store_true")
     parser.add_argument("--iterations", type=int, default=30)
+    parser.add_argument(
+        "--hold-fraction",
+        type=float,
+        default=2 / 3,
+        help="bent_hybrid / bent_x_hybrid: the fraction of the iterations before the map is held",
+    )
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--out", default=str(HERE / "results"))
     parser.add_argument("--states", default="/tmp/tilt_map_states")
