@@ -150,12 +150,12 @@ def _wrap(name: str):
                 for _ in range(reps - 1):
                     steps.smooth_depth(state.phase, weight)
                     steps.smooth_depth(state.amplitude, weight)
-                saved = run.config.depth_regularization
-                object.__setattr__(run.config, "depth_regularization", weight)
+                saved = run.config
+                run.config = saved.replace(depth_regularization=weight)
                 try:
                     original_c(run)
                 finally:
-                    object.__setattr__(run.config, "depth_regularization", saved)
+                    run.config = saved
             else:
                 original_c(run)
             if sigma > 0:

@@ -293,17 +293,19 @@ def _with_crystal_frame_prior(run, slope, constraints, smooth) -> None:
     relative to the propagator's tilt; None gives the plain prior.
     """
     import app_extension.solver.steps as steps
-    from app_extension.solver.tilt_field import _pixel_weights, warp_slices
+    from app_extension.solver.tilt_field import pixel_field, warp_slices
 
     state = run.state
+    if slope is None:
+        constraints(run)
+        return
+    h, w = state.phase.shape[-2:]
+    step = pixel_field(state, state.tilt_field, slope) * state.dz / state.sampling  # px between slices
+    delta = np.broadcast_to(step, (state.num_slices, h, w, 2))
 
     def crystal_frame(field, weight):
-        if slope is None or weight <= 0:
+        if weight <= 0:
             return smooth(field, weight)
-        index, wgt = _pixel_weights(state, state.tilt_field)
-        h, w = field.shape[-2:]
-        pixel = (slope[index] * wgt[..., None]).sum(axis=1).reshape(h, w, 2)[..., ::-1]
-        delta = np.broadcast_to(pixel * state.dz / state.sampling, (field.shape[0], h, w, 2))
         f = field.detach().cpu().numpy()
         up, down = warp_slices(f, delta), warp_slices(f, -delta)  # slice s-1 (s+1) onto slice s
         near = np.empty_like(up)
@@ -339,7 +341,7 @@ def case_bent_x_hybrid(args, states: Path) -> dict:
 def hybrid(data, geometry, truth, thickness, args, label: str = "bent_hybrid") -> dict:
     """The ``bent_hybrid`` schedule on any data with a known tilt field ``truth`` (P, 2) mrad."""
     import app_extension.solver.steps as steps
-    from app_extension.solver.tilt_field import _pixel_weights, refresh_position_tilts, warp_slices
+    from app_extension.solver.tilt_field import pixel_field, refresh_position_tilts, shift_slices_with_depth
 
     first = int(args.hold_fraction * args.iterations)
     config = SolverConfig(iterations=args.iterations, tilt_map=True)
@@ -349,14 +351,8 @@ def hybrid(data, geometry, truth, thickness, args, label: str = "bent_hybrid") -
     grid = state.tilt_grid.detach().double().numpy()
     tan = np.tan(grid * 1e-3)
     slope = tan - tan.mean(axis=0)
-    index, wgt = _pixel_weights(state, state.tilt_field)
-    h, w = state.phase.shape[-2:]
-    pixel = (slope[index] * wgt[..., None]).sum(axis=1).reshape(h, w, 2)[..., ::-1] / state.sampling
-    shift = np.arange(state.num_slices)[:, None, None, None] * state.dz * pixel[None]
-    with torch.no_grad():
-        for name in ("phase", "amplitude"):
-            tensor = getattr(state, name)
-            tensor.copy_(torch.as_tensor(warp_slices(tensor.detach().numpy(), shift), dtype=tensor.dtype))
+    # the map's departure from its mean into the slices: the inverse of the local step's warp
+    shift_slices_with_depth(state, pixel_field(state, state.tilt_field, slope) / state.sampling)
     trainable, drift, constraints, smooth = (
         steps.set_trainable,
         steps.drift_to_tilt,

@@ -54,6 +54,8 @@ __all__ = [
     "regularize",
     "measure_local_drift",
     "warp_slices",
+    "pixel_field",
+    "shift_slices_with_depth",
     "move_local_drift_into_tilt",
     "refresh_position_tilts",
     "uniformity",
@@ -587,18 +589,31 @@ def move_local_drift_into_tilt(state, window: int, config, measure: bool = True)
     change_tan = np.tan(new * 1e-3) - np.tan(old * 1e-3)  # (K, (x, y))
     state.tilt_grid.copy_(torch.as_tensor(new, dtype=state.tilt_grid.dtype))
     refresh_position_tilts(state)
-    depths = np.arange(state.num_slices) * state.dz
-    # content of slice s moves by -z_s * change (px): the drift taken up by the tilt
+    # content of slice s moves by -z_s * change: the drift taken up by the tilt
+    shift_slices_with_depth(state, -pixel_field(state, grid, change_tan) / state.sampling)
+    return (new - old).mean(axis=0)
+
+
+def pixel_field(state, grid: TiltGrid, values: np.ndarray) -> np.ndarray:
+    """Control-point values (K, (x, y)) interpolated bilinearly to every object pixel: (H, W, (y, x))."""
     index, weight = _pixel_weights(state, grid)
     h, w = state.phase.shape[-2:]
-    pixel = (change_tan[index] * weight[..., None]).sum(axis=1).reshape(h, w, 2)[..., ::-1] / state.sampling
-    shift = -depths[:, None, None, None] * pixel[None]  # (S, H, W, (y, x)) px
+    return (values[index] * weight[..., None]).sum(axis=1).reshape(h, w, 2)[..., ::-1]
+
+
+@torch.no_grad()
+def shift_slices_with_depth(state, slope: np.ndarray) -> None:
+    """Move the content of slice s by ``z_s * slope(r)`` px, phase and amplitude, in place.
+
+    ``slope``: (H, W, (y, x)) px per Å of depth (z_s = s dz); nothing moves below 1e-4 px.
+    """
+    depths = np.arange(state.num_slices) * state.dz
+    shift = depths[:, None, None, None] * slope[None]  # (S, H, W, (y, x)) px
     if np.abs(shift).max() > 1e-4:
         for name in ("phase", "amplitude"):
             tensor = getattr(state, name)
             warped = warp_slices(tensor.detach().cpu().numpy(), shift)
             tensor.copy_(torch.as_tensor(warped, dtype=tensor.dtype))
-    return (new - old).mean(axis=0)
 
 
 # -- what the map tells -------------------------------------------------------------------
