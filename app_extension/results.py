@@ -193,7 +193,8 @@ def tilt_map_to_signal(
     of the scan frame). ``metadata.Tilt_map`` holds the
     global (mean) tilt, the control grid, and the uniformity test
     (:func:`app_extension.solver.tilt_field.uniformity`): ``non_uniform``
-    tells whether the map was needed.
+    tells whether the map was needed; ``shape_held`` whether the map's shape
+    was held for the last iterations (``tilt_map_hold``, its bend in the slices).
     """
     from .solver.tilt_field import position_undetermined, uniformity
 
@@ -248,6 +249,7 @@ def tilt_map_to_signal(
             "spread": float(report.get("spread_total", 0.0)),
             "uncertainty": float(report.get("uncertainty_total", np.nan)),
             "verdict": report["verdict"],
+            "shape_held": bool(field.held),
         },
     )
     return signal
@@ -321,7 +323,8 @@ def state_to_signal(
         only: a signal over the scan, see :func:`tilt_map_to_signal`) and
         ``Post_alignment`` (FPP only).
     """
-    obj = state.object
+    phase, amplitude = state.slices()  # the entrance frame (a held tilt map's bend taken out)
+    obj = (amplitude * np.exp(1j * phase)).astype(np.complex64)
     method = config.mode.upper()
     axes = [
         _depth_axis(obj.shape[0], state.dz, depth_units),
@@ -372,7 +375,6 @@ def state_to_signal(
         info["tilt_map"] = tilt_map_to_signal(state, geometry, scan_shape)
     # The complex object keeps the phase modulo 2 pi; the whole turns let a
     # continued run start from exactly the solver's (unwrapped) phase.
-    phase = state.phase.detach().cpu().numpy()
     turns = np.round((phase - np.angle(obj)) / (2 * np.pi)).astype(np.int8)
     if turns.any():
         info["phase_turns"] = turns

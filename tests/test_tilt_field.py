@@ -7,7 +7,6 @@ import torch
 from app_extension.results import state_to_signal, tilt_map_to_signal
 from app_extension.simulate import simulate_tilt_field
 from app_extension.solver import steps
-from app_extension.solver.alignment import fourier_shift
 from app_extension.solver.config import Geometry, SolverConfig
 from app_extension.solver.data import MeasuredData
 from app_extension.solver.engine import initial_state, reconstruct
@@ -19,7 +18,6 @@ from app_extension.solver.tilt_field import (
     measure_local_drift,
     regularize,
     uniformity,
-    warp_slices,
 )
 
 EXTENT = 11.0  # Å, the scan's extent of the smooth-field data
@@ -73,6 +71,7 @@ def test_map_signal_axes_and_units(bent):
     # row iy, column ix of component 1 is theta_y at the position (iy, ix)
     np.testing.assert_allclose(signal.data[1, 3, 7], state.tilt_mrad[3 * 12 + 7, 1], rtol=1e-5)
     assert signal.metadata.Tilt_map.non_uniform
+    assert signal.metadata.Tilt_map.shape_held  # 16 iterations: held from 13 (the default)
     result = state_to_signal(state, config, ds.geometry, scan_shape=(12, 12))
     stored = result.metadata.Signal.Ptychography.tilt_map
     np.testing.assert_allclose(stored.data, signal.data)
@@ -183,24 +182,6 @@ def test_regularizers():
     confidence[0] = 1e-3
     filled = regularize(np.where(np.arange(30)[:, None] == 0, 99.0, linear), shape, 1.0, "smooth", confidence)
     assert abs(filled[0, 0] - linear[0, 0]) < 1.0
-
-
-def test_warp_uniform_is_a_fourier_shift_and_ramp_is_smooth():
-    rng = np.random.default_rng(0)
-    field = rng.normal(size=(2, 40, 47 + 1))
-    shift = np.zeros((2, 40, 48, 2))
-    shift[0] = (0.3, -0.7)
-    shift[1] = (1.2, 0.4)
-    want = fourier_shift(field, np.array([[0.3, -0.7], [1.2, 0.4]]))
-    np.testing.assert_allclose(warp_slices(field, shift, pad=64), want, atol=1e-9)
-    # a shift varying along y moves the content locally by the local amount
-    y = np.arange(40)[:, None, None]
-    smooth = np.exp(-((np.arange(48) - 24) ** 2) / 30.0)[None, None, :] * np.ones((1, 40, 1))
-    ramp_shift = np.zeros((1, 40, 48, 2))
-    ramp_shift[0, ..., 1] = (0.05 * y[..., 0]) * np.ones((1, 48))
-    out = warp_slices(smooth, ramp_shift)
-    centre = (out[0] * np.arange(48)).sum(axis=1) / out[0].sum(axis=1)
-    np.testing.assert_allclose(centre[5:35], 24 + 0.05 * np.arange(40)[5:35], atol=0.05)
 
 
 def test_vacuum_is_undetermined():

@@ -13,17 +13,18 @@ Cases (all from tilt (0, 0), default options but ``tilt_map=True``):
   thirds of the iterations, the rest by gradient with the map learned or held;
 * ``bent_crystal_prior`` (diagnostic): the map held in the slices (one propagator tilt, the map
   measured as the slices' local drift), with the depth prior taken in the crystal's frame;
-* ``bent_hybrid`` (diagnostic): the default map for two thirds of the iterations, then the map held
-  and moved into the slices, with the crystal-frame depth prior for the rest (``bent_x_hybrid``: the
-  same on the bent_x crystal);
 * ``bent_x``: a bend along x (theta_x +6 to -4 mrad, theta_y -2) from the project's own forward model,
   the map and global APP (the held-out abTEM twin's question, on other values);
-* ``cost``: seconds per iteration of a global and a tilt-map run on sto_bent_y.h5, interleaved.
+* ``cost``: seconds per iteration of global APP, the free and the held map on sto_bent_y.h5, interleaved.
+
+The default tilt map holds its shape from ``tilt_map_hold`` (13) on: the map's bend is then carried
+by the slices (``app_extension.solver.crystal_frame``); ``--hold 0`` gives the map learned locally
+to the end (the solver before that option).
 
 Usage::
 
-    python validation/tilt_map.py [--cases bent uniform dose grains cost] [--iterations 30]
-        [--threads 1] [--out validation/results] [--states /tmp/tilt_map_states]
+    python validation/tilt_map.py [--cases bent uniform dose grains cost] [--iterations 20]
+        [--threads 2] [--hold N] [--out validation/results] [--states /tmp/tilt_map_states]
 
 Writes ``tilt_map.json`` and small PNGs under ``--out``; the solver states go to ``--states``.
 """
@@ -84,6 +85,11 @@ def probe_radius(geometry: Geometry, thickness: float) -> float:
     return abs(geometry.defocus - thickness / 2) * np.tan(geometry.semiangle * 1e-3)
 
 
+def held(args) -> dict:
+    """``tilt_map_hold`` from ``--hold`` (none given: the solver's default)."""
+    return {} if getattr(args, "hold", None) is None else {"tilt_map_hold": args.hold}
+
+
 def solve(data, geometry, config, name: str, states: Path) -> tuple[ReconstructionState, dict]:
     t0 = time.perf_counter()
     state = reconstruct(data, geometry, config, show_progressbar=False)
@@ -131,7 +137,7 @@ def column_sharpness(state: ReconstructionState, geometry: Geometry, window: int
     """
     from scipy import ndimage
 
-    image = state.phase.numpy().mean(axis=0).astype(np.float64)
+    image = state.slices()[0].mean(axis=0).astype(np.float64)  # entrance frame, as a user sees it
     ys, xs = state.coordinates()
     rows, cols = state.scan_window(window)
     peaks = (image == ndimage.maximum_filter(image, size=9)) & (image > np.percentile(image, 90))
@@ -163,13 +169,23 @@ def column_sharpness(state: ReconstructionState, geometry: Geometry, window: int
     }
 
 
+def entrance_state(state: ReconstructionState) -> ReconstructionState:
+    """A copy whose slices are in the entrance frame (a held map's bend taken out), map not held."""
+    copy = state.clone()
+    if copy.has_tilt_map and copy.tilt_field.held:
+        phase, amplitude = state.slices()
+        copy.phase, copy.amplitude = torch.as_tensor(phase), torch.as_tensor(amplitude)
+        copy.tilt_field.held = False
+    return copy
+
+
 def residual_local_tilt(state: ReconstructionState, window: int) -> dict:
     """The drift with depth left in the slices, measured locally on a 3 x 3 grid (mrad)."""
     from app_extension.solver.tilt_field import make_tilt_grid
 
     pos = state.probe_positions()
     grid = make_tilt_grid(pos, 22.0, 0.0, 0.0, grid=(3, 3))
-    found = measure_local_drift(state, grid, window)
+    found = measure_local_drift(entrance_state(state), grid, window)
     slope = np.arctan(found["slope"]) * 1e3
     return {"theta_x": slope[:, 0].reshape(3, 3).tolist(), "theta_y": slope[:, 1].reshape(3, 3).tolist()}
 
@@ -228,7 +244,7 @@ def map_and_global(prefix, data, geometry, truth, thickness, args, states: Path,
     """Default APP with the tilt map (``<prefix>_map``) and without (``<prefix>_global``), from tilt (0, 0)."""
     out = {}
     for name, tilt_map in ((f"{prefix}_map", True), (f"{prefix}_global", False)):
-        config = SolverConfig(iterations=args.iterations, tilt_map=tilt_map)
+        config = SolverConfig(iterations=args.iterations, tilt_map=tilt_map, **held(args))
         state, info = solve(data, geometry, config, name, states)
         info["thickness_error"] = state.thickness / thickness - 1
         if details is not None:
@@ -293,110 +309,28 @@ def _with_crystal_frame_prior(run, slope, constraints, smooth) -> None:
     relative to the propagator's tilt; None gives the plain prior.
     """
     import app_extension.solver.steps as steps
-    from app_extension.solver.tilt_field import pixel_field, warp_slices
+    from app_extension.solver.tilt_field import pixel_field, warp_levels
 
     state = run.state
     if slope is None:
         constraints(run)
         return
-    h, w = state.phase.shape[-2:]
     step = pixel_field(state, state.tilt_field, slope) * state.dz / state.sampling  # px between slices
-    delta = np.broadcast_to(step, (state.num_slices, h, w, 2))
 
     def crystal_frame(field, weight):
         if weight <= 0:
             return smooth(field, weight)
-        f = field.detach().cpu().numpy()
-        up, down = warp_slices(f, delta), warp_slices(f, -delta)  # slice s-1 (s+1) onto slice s
-        near = np.empty_like(up)
-        near[1:-1] = 0.5 * (up[:-2] + down[2:])
-        near[0], near[-1] = down[1], up[-2]
-        field.mul_(1 - weight).add_(torch.as_tensor(near, dtype=field.dtype), alpha=weight)
+        up, down = warp_levels(field[:-1], step), warp_levels(field[1:], -step)  # s-1 (s+1) onto s
+        near = torch.empty_like(field)
+        near[1:-1] = 0.5 * (up[:-1] + down[1:])
+        near[0], near[-1] = down[0], up[-1]
+        field.mul_(1 - weight).add_(near, alpha=weight)
 
     steps.smooth_depth = crystal_frame
     try:
         constraints(run)
     finally:
         steps.smooth_depth = smooth
-
-
-def case_bent_hybrid(args, states: Path) -> dict:
-    """Diagnostic: the default map for two thirds of the iterations, then the map moved into the slices.
-
-    After the default tilt map's part, the per-position tilts' departure from their mean is moved
-    into the slices (slice s warped by +z_s (tan theta(r) - tan mean), the inverse of the local
-    drift-to-tilt step's warp), the propagator keeps the mean tilt, the map is held, and the last
-    third refines object and probe with the depth prior in the crystal's frame of the held map.
-    """
-    data, geometry = load_recorded(DATA / "sto_bent_y.h5")
-    return {"bent_hybrid": hybrid(data, geometry, bent_truth(geometry.scan_positions), 101.53, args)}
-
-
-def case_bent_x_hybrid(args, states: Path) -> dict:
-    """``bent_hybrid``'s schedule on the ``bent_x`` crystal (own forward model, bend along x)."""
-    data, geometry, truth, thickness = bent_x_data()
-    return {"bent_x_hybrid": hybrid(data, geometry, truth, thickness, args, "bent_x_hybrid")}
-
-
-def hybrid(data, geometry, truth, thickness, args, label: str = "bent_hybrid") -> dict:
-    """The ``bent_hybrid`` schedule on any data with a known tilt field ``truth`` (P, 2) mrad."""
-    import app_extension.solver.steps as steps
-    from app_extension.solver.tilt_field import pixel_field, refresh_position_tilts, shift_slices_with_depth
-
-    first = int(args.hold_fraction * args.iterations)
-    config = SolverConfig(iterations=args.iterations, tilt_map=True)
-    t0 = time.perf_counter()
-    state = reconstruct(data, geometry, config, iterations=first, show_progressbar=False)
-    loss_before = state.history["loss"][-1]
-    grid = state.tilt_grid.detach().double().numpy()
-    tan = np.tan(grid * 1e-3)
-    slope = tan - tan.mean(axis=0)
-    # the map's departure from its mean into the slices: the inverse of the local step's warp
-    shift_slices_with_depth(state, pixel_field(state, state.tilt_field, slope) / state.sampling)
-    trainable, drift, constraints, smooth = (
-        steps.set_trainable,
-        steps.drift_to_tilt,
-        steps.apply_constraints,
-        steps.smooth_depth,
-    )
-
-    def set_trainable(run, iteration):
-        trainable(run, iteration)
-        run.map_active = False
-        run.state.tilt_grid.requires_grad_(False)
-
-    def apply_constraints(run):
-        _with_crystal_frame_prior(run, slope, constraints, smooth)
-
-    steps.set_trainable, steps.apply_constraints = set_trainable, apply_constraints
-    steps.drift_to_tilt = lambda run, iteration: None
-    try:
-        state = reconstruct(
-            data, geometry, config, state=state, iterations=args.iterations - first, show_progressbar=False
-        )
-    finally:
-        steps.set_trainable, steps.drift_to_tilt, steps.apply_constraints = trainable, drift, constraints
-    with torch.no_grad():
-        state.tilt_grid.copy_(torch.as_tensor(grid, dtype=state.tilt_grid.dtype))
-        refresh_position_tilts(state)
-    info = {
-        "wall_s": time.perf_counter() - t0,
-        "iterations": int(state.iteration),
-        "map_part_iterations": first,
-        "loss_after_map_part": loss_before,
-        "final_loss": state.history["loss"][-1],
-        "thickness_A": state.thickness,
-        "thickness_error": state.thickness / thickness - 1,
-        "map": map_metrics(state, geometry, truth, probe_radius(geometry, state.thickness)),
-        "columns": column_sharpness(state, geometry, data.shape[-1]),
-        "settings": {
-            "iterations": args.iterations,
-            "threads": args.threads,
-            "hold_fraction": args.hold_fraction,
-        },
-    }
-    print(label, json.dumps(info)[:1200], flush=True)
-    return info
 
 
 def case_bent_crystal_prior(args, states: Path) -> dict:
@@ -505,7 +439,7 @@ def bent_x_data():
 
 def case_uniform(args, states: Path) -> dict:
     data, geometry = load_recorded(DATA / "sto_tilt_8_-3.h5")
-    config = SolverConfig(iterations=args.iterations, tilt_map=True)
+    config = SolverConfig(iterations=args.iterations, tilt_map=True, **held(args))
     state, info = solve(data, geometry, config, "uniform_map", states)
     truth = np.broadcast_to([8.0, -3.0], (geometry.scan_positions.shape[0], 2))
     info["map"] = map_metrics(state, geometry, truth, probe_radius(geometry, state.thickness))
@@ -521,7 +455,9 @@ def case_dose(args, states: Path) -> dict:
     electrons = 2e4 * 0.3905**2  # 3050 per pattern
     rng = np.random.default_rng(0)
     counts = rng.poisson(data.astype(np.float64) * (electrons / 0.995)).astype(np.float32)
-    config = SolverConfig(iterations=args.iterations, tilt_map=True)  # the amplitude loss (Eq. 1)
+    config = SolverConfig(
+        iterations=args.iterations, tilt_map=True, **held(args)
+    )  # the amplitude loss (Eq. 1)
     state, info = solve(counts, geometry, config, "dose_map", states)
     info["electrons_per_pattern"] = electrons
     info["thickness_error"] = state.thickness / 101.53 - 1
@@ -548,6 +484,7 @@ def case_grains(args, states: Path) -> dict:
     config = SolverConfig(
         iterations=args.iterations,
         tilt_map=True,
+        **held(args),
         tilt_map_regularizer="tv",
         num_slices=4,
         slice_thickness=12.0,
@@ -577,15 +514,43 @@ def case_grains(args, states: Path) -> dict:
 
 
 def case_cost(args, states: Path) -> dict:
+    """Seconds per iteration: global APP, the free map and the held map, interleaved, then a default run.
+
+    ``global``: global APP; ``map``: the tilt map varying over the scan from iteration 0 (per-position
+    propagators and the local drift step every iteration); ``held``: the map held from iteration 1
+    (the crystal-frame depth prior), timed over its iterations 2 and 3 (iteration 1 also moves the map
+    into the slices, once). ``schedule`` is the default
+    schedule's mean cost per iteration relative to global APP: iterations before ``tilt_map_start``
+    cost what global APP costs, then the map's until ``tilt_map_hold``, then the held map's.
+    """
     data, geometry = load_recorded(DATA / "sto_bent_y.h5")
-    times = {"global": [], "map": []}
+    times = {"global": [], "map": [], "held": []}
     for _ in range(2):
-        for name in ("global", "map"):
-            config = SolverConfig(iterations=3, tilt_map=name == "map", tilt_map_start=0, start_tilt=0)
+        for name in ("global", "map", "held"):
+            config = SolverConfig(
+                iterations=4 if name == "held" else 3,
+                tilt_map=name != "global",
+                tilt_map_start=0,
+                tilt_map_hold={"map": 0, "held": 1}.get(name, 13),
+                start_tilt=0,
+            )
             state = reconstruct(data, geometry, config, show_progressbar=False)
-            times[name] += np.diff([0.0, *state.history["time"]]).tolist()
+            per_it = np.diff([0.0, *state.history["time"]]).tolist()
+            times[name] += per_it[2:] if name == "held" else per_it
     med = {k: float(np.median(v)) for k, v in times.items()}
-    out = {"seconds_per_iteration": times, "median_s": med, "ratio": med["map"] / med["global"]}
+    default = SolverConfig()
+    n_global = default.tilt_map_start
+    n_map = default.tilt_map_hold - default.tilt_map_start
+    n_held = default.iterations - default.tilt_map_hold
+    schedule = (n_global * med["global"] + n_map * med["map"] + n_held * med["held"]) / default.iterations
+    out = {
+        "seconds_per_iteration": times,
+        "median_s": med,
+        "ratio": med["map"] / med["global"],
+        "ratio_held": med["held"] / med["global"],
+        "ratio_schedule": schedule / med["global"],
+        "schedule_iterations": {"global": n_global, "map": n_map, "held": n_held},
+    }
     out["settings"] = {"iterations": 3, "threads": args.threads}
     print("cost", json.dumps(out), flush=True)
     return {"cost": out}
@@ -651,8 +616,6 @@ CASES = {
     "bent": case_bent,
     "bent_polish": case_bent_polish,
     "bent_crystal_prior": case_bent_crystal_prior,
-    "bent_hybrid": case_bent_hybrid,
-    "bent_x_hybrid": case_bent_x_hybrid,
     "bent_x": case_bent_x,
     "uniform": case_uniform,
     "dose": case_dose,
@@ -669,10 +632,10 @@ def main(argv=None):
     parser.add_argument("--no-figures", action="store_true")
     parser.add_argument("--iterations", type=int, default=30)
     parser.add_argument(
-        "--hold-fraction",
-        type=float,
-        default=2 / 3,
-        help="bent_hybrid / bent_x_hybrid: the fraction of the iterations before the map is held",
+        "--hold",
+        type=int,
+        default=None,
+        help="tilt_map_hold for bent, uniform, dose and grains (0: never; default: the solver's)",
     )
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--out", default=str(HERE / "results"))

@@ -159,6 +159,15 @@ class SolverConfig(Declared):
         kind="int",
         low=0,
     )
+    tilt_map_hold: int = option(
+        13,
+        "Tilt map: iteration (after tilt_map_start) from which the map's shape is held: its departure from "
+        "the mean tilt is moved into the slices (which then follow a bent crystal's columns, stretch "
+        "included), the propagator takes the mean tilt, learned as a global tilt. 0: the map is learned "
+        "locally to the end.",
+        kind="int",
+        low=0,
+    )
     tilt_map_regularizer: str = option(
         "smooth",
         "Tilt map: 'smooth' penalises curvature (linear bends cost nothing); 'tv' is total variation, "

@@ -267,6 +267,7 @@ def reconstruct(
 
 def _iteration(run: steps.Run, it: int) -> float:
     """One pass over all scan positions; returns the summed loss."""
+    steps.hold_tilt_map(run, it)
     steps.set_trainable(run, it)
     total = 0.0
     batches = steps.batch_order(run, it)

@@ -113,8 +113,20 @@ class ReconstructionState:
 
     @property
     def object(self) -> np.ndarray:
-        """Complex object slices (S, H, W) as numpy."""
-        return (self.amplitude * torch.exp(1j * self.phase)).detach().cpu().numpy()
+        """Complex object slices (S, H, W) as numpy, as a user sees them (:meth:`slices`)."""
+        phase, amplitude = self.slices()
+        return (amplitude * np.exp(1j * phase)).astype(np.complex64)
+
+    def slices(self) -> tuple[np.ndarray, np.ndarray]:
+        """Phase and amplitude (S, H, W) as numpy in the entrance frame.
+
+        Each column at its entrance position in every slice: for a held tilt
+        map the bend the slices carry is taken out
+        (:func:`.crystal_frame.entrance_frame`); otherwise the slices as learned.
+        """
+        from .crystal_frame import entrance_frame
+
+        return entrance_frame(self)
 
     @property
     def tilt_mrad(self) -> np.ndarray:

@@ -2,6 +2,8 @@
 
 One iteration of :func:`app_extension.solver.engine.reconstruct` is::
 
+    hold_tilt_map(run, it)                      # tilt map, once, at tilt_map_hold: its bend into
+                                                # the slices (see .crystal_frame)
     set_trainable(run, it)
     batches = batch_order(run, it)              # chunk-aware for chunked data
     run.data.schedule(batches)                  # streaming data: read ahead
@@ -12,7 +14,8 @@ One iteration of :func:`app_extension.solver.engine.reconstruct` is::
     positions_step(run)                         # one Rprop step on the scan positions per pass
     drift_to_tilt(run, it)                      # the slices' drift with depth -> tilt (APP);
                                                 # with a tilt map, locally (see .tilt_field)
-    apply_constraints(run)                      # probe modes, depth prior, dz > 0
+    apply_constraints(run)                      # probe modes, depth prior (a held map: along
+                                                # its columns), dz > 0
     finish_iteration(run, it, total, seconds)   # history, optimiser state
 
 :class:`Run` holds what the steps share: the state being learned, the
@@ -35,18 +38,26 @@ from ..physics.tilted_propagators import tilted_propagators
 from .alignment import fit_drift, fourier_shift, slice_shifts
 from .config import SolverConfig
 from .constraints import clamp_amplitude, orthogonalize_probe, smooth_depth
+from .crystal_frame import crystal_frame_prior, hold_iteration_due, hold_map
 from .data import MeasuredData
 from .distributed import Communicator
 from .losses import LOSSES
 from .positions import PositionModel
 from .sign_step import ConfirmedRprop
 from .state import ReconstructionState
-from .tilt_field import SparseAdam, interpolate, move_local_drift_into_tilt, refresh_position_tilts
+from .tilt_field import (
+    SparseAdam,
+    interpolate,
+    mark_vacuum,
+    move_local_drift_into_tilt,
+    refresh_position_tilts,
+)
 
 __all__ = [
     "Run",
     "Diverged",
     "make_optimizers",
+    "hold_tilt_map",
     "set_trainable",
     "batch_order",
     "gradient_step",
@@ -202,8 +213,10 @@ def _compatible(optimizer: torch.optim.Optimizer, saved: dict) -> bool:
         return False
     params = [p for g in optimizer.param_groups for p in g["params"]]
     for index, entry in saved.get("state", {}).items():
-        for value in entry.values():
-            if value.ndim and tuple(value.shape) != tuple(params[int(index)].shape):
+        shape = tuple(params[int(index)].shape)
+        for key, value in entry.items():
+            per_row = key == "step" and len(shape) > 0 and tuple(value.shape) == (shape[0], 1)  # SparseAdam
+            if value.ndim and tuple(value.shape) != shape and not per_row:
                 return False
     return True
 
@@ -231,15 +244,45 @@ def optimizer_snapshot(run: Run) -> dict:
 # -- the steps ----------------------------------------------------------------------------
 
 
+def hold_tilt_map(run: Run, iteration: int) -> bool:
+    """At ``tilt_map_hold``: move a tilt map's bend into the slices and hold the map; True when it did.
+
+    See :mod:`.crystal_frame`. From then on the propagator takes the map's
+    mean tilt, which is learned as a global tilt would be (gradient and
+    global drift-to-tilt steps move every control point alike), the map's
+    shape is held, and the depth prior follows the map's columns.
+    """
+    if not hold_iteration_due(run.config, run.state, iteration):
+        return False
+    hold_map(run.state)
+    if run.tilt_optimizer is not None:
+        # every control point the same moments: the uniform gradient of the mean tilt then moves all
+        # alike, and the map's shape stays as held
+        with torch.no_grad():
+            for moments in run.tilt_optimizer.state.values():
+                for value in moments.values():
+                    if isinstance(value, torch.Tensor) and value.ndim:
+                        value.copy_(value.mean(dim=0, keepdim=True).expand_as(value))
+    return True
+
+
+def map_held(state: ReconstructionState) -> bool:
+    """True when the state's tilt map is held (its bend carried by the slices)."""
+    return state.has_tilt_map and state.tilt_field.held
+
+
 def set_trainable(run: Run, iteration: int) -> None:
-    """Switch each parameter's gradient on from its start iteration."""
+    """Switch each parameter's gradient on from its start iteration (a held tilt map: its mean only)."""
     state, config = run.state, run.config
     state.phase.requires_grad_(True)
     state.amplitude.requires_grad_(True)
     state.probe.requires_grad_(config.lr_probe > 0 and iteration >= config.start_probe)
     learn = config.learns_geometry
     learn_tilt = learn and config.lr_tilt > 0 and iteration >= config.start_tilt
-    if state.has_tilt_map:
+    if map_held(state):  # the propagator: the map's mean tilt, learned as a global tilt
+        state.tilt_grid.requires_grad_(learn_tilt)
+        run.map_active = False
+    elif state.has_tilt_map:
         state.tilt_grid.requires_grad_(learn_tilt)
         run.map_active = iteration >= config.tilt_map_start
     else:
@@ -287,7 +330,8 @@ def batch_propagator(run: Run, batch: torch.Tensor) -> torch.Tensor:
     """The propagator for a batch: (N, N) with a global tilt, (B, N, N) with a tilt map.
 
     A tilt map is interpolated from its control points to the batch's
-    positions; before ``tilt_map_start`` it is held uniform (its mean: global APP).
+    positions; before ``tilt_map_start`` it is held uniform (its mean: global APP), and
+    from ``tilt_map_hold`` on the propagator takes that mean again (the slices carry the bend).
     """
     state = run.state
     if state.has_tilt_map:
@@ -411,6 +455,9 @@ def drift_due(config: SolverConfig, iteration: int, num_slices: int) -> bool:
 def drift_to_tilt(run: Run, iteration: int) -> np.ndarray | None:
     """The drift-to-tilt step (APP), when due: see :func:`move_drift_into_tilt`.
 
+    A held tilt map takes the global step (its mean moves, its bend is in the slices), and its
+    vacuum marks are renewed (:func:`.tilt_field.mark_vacuum`).
+
     Returns
     -------
     numpy.ndarray or None
@@ -418,11 +465,14 @@ def drift_to_tilt(run: Run, iteration: int) -> np.ndarray | None:
     """
     state = run.state
     due = drift_due(run.config, iteration, state.num_slices)
-    if state.has_tilt_map and run.config.learns_geometry and iteration >= run.config.tilt_map_start:
+    local = state.has_tilt_map and not map_held(state) and iteration >= run.config.tilt_map_start
+    if local and run.config.learns_geometry:
         # the local step; when not due, only the regulariser runs
         return move_local_drift_into_tilt(state, run.data.window, run.config, measure=due)
     if not due:
         return None
+    if map_held(state):
+        mark_vacuum(state, run.data.window, run.config.tilt_map_vacuum)
     return move_drift_into_tilt(state, run.data.window)
 
 
@@ -469,12 +519,19 @@ def move_drift_into_tilt(state: ReconstructionState, window: int) -> np.ndarray:
 
 @torch.no_grad()
 def apply_constraints(run: Run) -> None:
-    """Between iterations: orthogonal probe modes, the depth prior, dz > 0."""
+    """Between iterations: orthogonal probe modes, the depth prior, dz > 0.
+
+    With a held tilt map the depth prior averages along the map's columns
+    (:func:`.crystal_frame.crystal_frame_prior`).
+    """
     state = run.state
     if state.probe.shape[0] > 1:
         orthogonalize_probe(state.probe)
-    smooth_depth(state.phase, run.config.depth_weight)
-    smooth_depth(state.amplitude, run.config.depth_weight)
+    for field in (state.phase, state.amplitude):
+        if map_held(state):
+            crystal_frame_prior(state, field, run.config.depth_weight)
+        else:
+            smooth_depth(field, run.config.depth_weight)
     state.slice_thickness.clamp_(min=0.1)
 
 

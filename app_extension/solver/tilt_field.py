@@ -31,6 +31,9 @@ grains). Control points over empty object (low phase contrast, see
 regulariser fills them from their neighbours, and the output map shows NaN
 there. :func:`uniformity` tells whether the map is significantly
 non-uniform, i.e. whether the global tilt would have been enough.
+
+From ``tilt_map_hold`` on the map's shape is held and its bend is carried by
+the slices instead (:mod:`.crystal_frame`).
 """
 
 from __future__ import annotations
@@ -53,7 +56,9 @@ __all__ = [
     "SparseAdam",
     "regularize",
     "measure_local_drift",
-    "warp_slices",
+    "window_contrast",
+    "mark_vacuum",
+    "warp_levels",
     "pixel_field",
     "shift_slices_with_depth",
     "move_local_drift_into_tilt",
@@ -74,6 +79,10 @@ MIN_SPACING = 4.0
 
 #: Largest change (mrad) of one control point's tilt in one local drift step.
 MAX_LOCAL_STEP = 20.0
+
+#: Quantisation (px) of a varying shift in :func:`warp_levels`: copies this far apart are
+#: blended, which blurs by at most half of it (RMS) where the shift varies.
+LEVEL_STEP = 0.25
 
 
 @dataclass
@@ -98,6 +107,10 @@ class TiltGrid:
         each control point (the drift left after each step).
     measured
         Number of local drift steps taken.
+    held
+        True once the map is held (``tilt_map_hold``): its departure from
+        its mean is carried by the slices and held; only its mean is
+        learned (see :mod:`.crystal_frame`).
     """
 
     shape: tuple[int, int]
@@ -108,6 +121,7 @@ class TiltGrid:
     scatter: np.ndarray = None
     measured: int = 0
     contrast: np.ndarray = field(default=None, repr=False)
+    held: bool = False
 
     def __post_init__(self):
         k = self.size
@@ -127,6 +141,7 @@ class TiltGrid:
         self.scatter = np.asarray(self.scatter, dtype=np.float64).reshape(k, 2)
         self.contrast = np.asarray(self.contrast, dtype=np.float64).reshape(k)
         self.measured = int(self.measured)
+        self.held = bool(self.held)
 
     @property
     def size(self) -> int:
@@ -174,6 +189,7 @@ class TiltGrid:
             "scatter": self.scatter.copy(),
             "contrast": self.contrast.copy(),
             "measured": int(self.measured),
+            "held": bool(self.held),
         }
 
     @classmethod
@@ -188,6 +204,7 @@ class TiltGrid:
             scatter=np.asarray(d["scatter"]),
             contrast=np.asarray(d.get("contrast", np.full(int(np.prod(d["shape"])), np.nan))),
             measured=int(d.get("measured", 0)),
+            held=bool(np.asarray(d.get("held", False))),
         )
 
     def copy(self) -> TiltGrid:
@@ -421,6 +438,33 @@ def _node_windows(state, grid: TiltGrid, window: int) -> list[tuple[slice, slice
     return out
 
 
+def window_contrast(image: np.ndarray, windows: list, vacuum: float) -> tuple[np.ndarray, np.ndarray]:
+    """Phase contrast (standard deviation, rad) of ``image`` in each window, and which are vacuum.
+
+    A window is undetermined when it lies outside the object (None) or its
+    contrast is below ``vacuum`` times the 90th percentile of all windows'.
+    """
+    contrast = np.array([float(image[box].std()) if box is not None else 0.0 for box in windows])
+    reference = np.percentile(contrast, 90) if len(windows) > 1 else contrast.max()
+    undetermined = np.array([box is None for box in windows]) | (contrast < max(vacuum * reference, 1e-4))
+    return contrast, undetermined
+
+
+@torch.no_grad()
+def mark_vacuum(state, window: int, vacuum: float) -> None:
+    """A held map's vacuum marks, renewed: control points whose window has become empty are undetermined.
+
+    The map is no longer measured once held, but the object still
+    converges, and vacuum loses contrast; points are only added (a point
+    the measurements left undetermined has no measured tilt).
+    """
+    grid: TiltGrid = state.tilt_field
+    windows = _node_windows(state, grid, window)
+    contrast, undetermined = window_contrast(state.phase.detach().cpu().numpy().mean(axis=0), windows, vacuum)
+    grid.contrast = contrast
+    grid.undetermined = grid.undetermined | undetermined
+
+
 def measure_local_drift(state, grid: TiltGrid, window: int, vacuum: float = 0.3) -> dict:
     """The slices' drift with depth around every control point.
 
@@ -437,17 +481,11 @@ def measure_local_drift(state, grid: TiltGrid, window: int, vacuum: float = 0.3)
     phase = state.phase.detach().cpu().numpy().astype(np.float64)
     s = phase.shape[0]
     depths = np.arange(s) * state.dz
-    mean = phase.mean(axis=0)
     k = grid.size
     slope = np.zeros((k, 2))
     sigma = np.full((k, 2), np.nan)
-    contrast = np.zeros(k)
     windows = _node_windows(state, grid, window)
-    for i, box in enumerate(windows):
-        if box is not None:
-            contrast[i] = float(mean[box].std())
-    reference = np.percentile(contrast, 90) if k > 1 else contrast.max()
-    undetermined = np.array([box is None for box in windows]) | (contrast < max(vacuum * reference, 1e-4))
+    contrast, undetermined = window_contrast(phase.mean(axis=0), windows, vacuum)
     for i, box in enumerate(windows):
         if undetermined[i] or s < 2:
             continue
@@ -473,80 +511,58 @@ def _pixel_weights(state, grid: TiltGrid) -> tuple[np.ndarray, np.ndarray]:
     return grid.weights(np.stack([yy.ravel(), xx.ravel()], axis=1))
 
 
-def _shift_crop(crop: np.ndarray, shift: np.ndarray) -> np.ndarray:
-    """Fourier shift of (S, h, w) by (S, 2) (dy, dx) px (content moves by +shift)."""
-    import scipy.fft
-
-    h, w = crop.shape[-2:]
-    fy = np.fft.fftfreq(h)[None, :, None]
-    fx = np.fft.rfftfreq(w)[None, None, :]
-    ramp = np.exp(-2j * np.pi * (fy * shift[:, 0, None, None] + fx * shift[:, 1, None, None]))
-    # Nyquist row/column: the symmetrised ramp, so that the result equals the real part of a full FFT shift
-    dy, dx = shift[:, 0, None], shift[:, 1, None]
+def _ramp(h: int, w: int, dy: float, dx: float, dtype, device) -> torch.Tensor:
+    """rfft2-ordered phase ramp moving content by (+dy, +dx) px; the Nyquist terms symmetrised."""
+    fy = torch.fft.fftfreq(h, dtype=torch.float64, device=device)[:, None]
+    fx = torch.fft.rfftfreq(w, dtype=torch.float64, device=device)[None, :]
+    ramp = torch.exp(-2j * np.pi * (fy * dy + fx * dx))
+    # the real part of a full FFT shift: cosines on the Nyquist row and column
     if h % 2 == 0:
-        ramp[:, h // 2, :] = np.cos(np.pi * dy) * np.exp(-2j * np.pi * fx[0] * dx)
+        ramp[h // 2, :] = np.cos(np.pi * dy) * torch.exp(-2j * np.pi * fx[0] * dx)
     if w % 2 == 0:
-        ramp[..., -1] = np.exp(-2j * np.pi * fy[..., 0] * dy) * np.cos(np.pi * dx)
+        ramp[:, -1] = torch.exp(-2j * np.pi * fy[:, 0] * dy) * np.cos(np.pi * dx)
         if h % 2 == 0:
-            ramp[:, h // 2, -1] = np.cos(np.pi * (dy + dx))[:, 0]
-    return scipy.fft.irfft2(scipy.fft.rfft2(crop) * ramp, s=(h, w))
+            ramp[h // 2, -1] = np.cos(np.pi * (dy + dx))
+    return ramp.to(dtype)
 
 
-def warp_slices(field: np.ndarray, shift: np.ndarray, delta: float = 0.25, pad: int = 16) -> np.ndarray:
-    """Slices shifted by a smooth, spatially varying amount: the content at r moves by ``shift(r)``.
+def warp_levels(field: torch.Tensor, shift: np.ndarray, delta: float = LEVEL_STEP) -> torch.Tensor:
+    """Every slice of ``field`` (S, H, W) moved by the same smooth field ``shift`` (H, W, (y, x)) px.
 
-    No interpolating resampler is used (one would blur the object a little on
-    every call). Per slice, the shift's departure from its mean is
-    quantised into levels ``delta`` px apart; the slice is Fourier-shifted
-    (sub-pixel, exact) by the mean plus each level it needs, over the pixels
-    that need it (widened by ``pad``), and every pixel takes the bilinear
-    blend of its four nearest levels. A uniform shift is an exact Fourier
-    shift; elsewhere the blend of copies ``delta`` apart blurs by at most
-    ``delta / 2`` px RMS.
-
-    Parameters
-    ----------
-    field
-        (S, H, W) real slices.
-    shift
-        (S, H, W, 2) shifts (dy, dx) in px.
+    The content at r moves by ``shift(r)``. The shift's departure from its
+    mean is quantised into levels ``delta`` px apart; the slices are
+    Fourier-shifted (periodically, over the whole object) by the mean plus
+    each level, and every pixel takes the bilinear blend of its four nearest
+    levels. A uniform shift is an exact Fourier shift.
     """
-    s, h, w = field.shape
-    out = np.zeros(field.shape, dtype=np.float64)
-    for sl in range(s):
-        d = shift[sl]
-        mean = d.reshape(-1, 2).mean(axis=0)
-        u = (d - mean) / delta
-        base = np.floor(u).astype(np.int64)
-        frac = u - base
-        if np.abs(u).max() < 1e-9:
-            base[:] = 0
-            frac[:] = 0
-        # the four nearest levels of every pixel and their bilinear weights
-        ky = np.stack([base[..., 0] + a for a in (0, 0, 1, 1)]).reshape(4, -1)
-        kx = np.stack([base[..., 1] + b for b in (0, 1, 0, 1)]).reshape(4, -1)
-        fy, fx = frac[..., 0].ravel(), frac[..., 1].ravel()
-        wgt = np.stack([(1 - fy) * (1 - fx), (1 - fy) * fx, fy * (1 - fx), fy * fx])
-        pixel = np.broadcast_to(np.arange(h * w), (4, h * w))
-        used = wgt > 0
-        ky, kx, wgt, pixel = ky[used], kx[used], wgt[used], pixel[used]
-        span = int(kx.max() - kx.min()) + 1
-        code = (ky - ky.min()) * span + (kx - kx.min())
-        order = np.argsort(code, kind="stable")
-        code, ky, kx, wgt, pixel = code[order], ky[order], kx[order], wgt[order], pixel[order]
-        bounds = np.flatnonzero(np.diff(code)) + 1
-        reach = int(np.ceil(np.abs(d).max())) + pad
-        for group in np.split(np.arange(code.size), bounds):
-            rows, cols = np.divmod(pixel[group], w)
-            r0, r1 = max(0, rows.min() - reach), min(h, rows.max() + 1 + reach)
-            c0, c1 = max(0, cols.min() - reach), min(w, cols.max() + 1 + reach)
-            wk = np.zeros((r1 - r0, c1 - c0))
-            np.add.at(wk, (rows - r0, cols - c0), wgt[group])
-            amount = mean + delta * np.array([ky[group[0]], kx[group[0]]], dtype=np.float64)
-            crop = np.asarray(field[sl, r0:r1, c0:c1], dtype=np.float64)[None]
-            shifted = _shift_crop(crop, amount[None])[0] if np.any(amount != 0) else crop[0]
-            out[sl, r0:r1, c0:c1] += wk * shifted
-    return out
+    h, w = field.shape[-2:]
+    mean = shift.reshape(-1, 2).mean(axis=0)
+    u = (shift - mean) / delta
+    if np.abs(u).max() < 1e-9:
+        u = np.zeros_like(u)
+    base = np.floor(u).astype(np.int64)
+    frac = u - base
+    spectrum = torch.fft.rfft2(field.to(torch.float64))
+    out = torch.zeros(field.shape, dtype=torch.float64, device=field.device)
+    complex_dtype = spectrum.dtype
+    for ly in range(int(base[..., 0].min()), int(base[..., 0].max()) + 2):
+        wy = np.where(base[..., 0] == ly, 1 - frac[..., 0], 0.0) + np.where(
+            base[..., 0] == ly - 1, frac[..., 0], 0.0
+        )
+        if not wy.any():
+            continue
+        for lx in range(int(base[..., 1].min()), int(base[..., 1].max()) + 2):
+            wx = np.where(base[..., 1] == lx, 1 - frac[..., 1], 0.0) + np.where(
+                base[..., 1] == lx - 1, frac[..., 1], 0.0
+            )
+            weight = wy * wx
+            if not weight.any():
+                continue
+            dy, dx = mean[0] + delta * ly, mean[1] + delta * lx
+            ramp = _ramp(h, w, float(dy), float(dx), complex_dtype, field.device)
+            moved = torch.fft.irfft2(spectrum * ramp, s=(h, w))
+            out += torch.as_tensor(weight, dtype=torch.float64, device=field.device) * moved
+    return out.to(field.dtype)
 
 
 @torch.no_grad()
@@ -608,12 +624,11 @@ def shift_slices_with_depth(state, slope: np.ndarray) -> None:
     ``slope``: (H, W, (y, x)) px per Å of depth (z_s = s dz); nothing moves below 1e-4 px.
     """
     depths = np.arange(state.num_slices) * state.dz
-    shift = depths[:, None, None, None] * slope[None]  # (S, H, W, (y, x)) px
-    if np.abs(shift).max() > 1e-4:
+    if np.abs(slope).max() * depths[-1] > 1e-4:
         for name in ("phase", "amplitude"):
             tensor = getattr(state, name)
-            warped = warp_slices(tensor.detach().cpu().numpy(), shift)
-            tensor.copy_(torch.as_tensor(warped, dtype=tensor.dtype))
+            for s in range(1, state.num_slices):  # slice 0 (z = 0) stays
+                tensor[s].copy_(warp_levels(tensor[s : s + 1].detach(), depths[s] * slope)[0])
 
 
 # -- what the map tells -------------------------------------------------------------------
