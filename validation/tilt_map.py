@@ -14,7 +14,8 @@ Cases (all from tilt (0, 0), default options but ``tilt_map=True``):
 * ``bent_crystal_prior`` (diagnostic): the map held in the slices (one propagator tilt, the map
   measured as the slices' local drift), with the depth prior taken in the crystal's frame;
 * ``bent_x``: a bend along x (theta_x +6 to -4 mrad, theta_y -2) from the project's own forward model,
-  the map and global APP (the held-out abTEM twin's question, on other values);
+  the map and global APP (the held-out abTEM twin's question, on other values); ``bent_x_strong``:
+  the same with theta_x from -10 to +12 mrad and theta_y +4;
 * ``cost``: seconds per iteration of global APP, the free and the held map on sto_bent_y.h5, interleaved.
 
 The default tilt map holds its shape from ``tilt_map_hold`` (13) on: the map's bend is then carried
@@ -409,6 +410,18 @@ def bent_x_field(y, x):
     return 6.0 - 10.0 * np.clip(x / BENT_X_SPAN, 0, 1), np.full_like(x, -2.0)
 
 
+def bent_x_strong_field(y, x):
+    """theta_x from -10 to +12 mrad across the scan's columns, theta_y = +4 mrad (the bent_x_strong case)."""
+    x = np.asarray(x, dtype=np.float64)
+    return -10.0 + 22.0 * np.clip(x / BENT_X_SPAN, 0, 1), np.full_like(x, 4.0)
+
+
+def case_bent_x_strong(args, states: Path) -> dict:
+    """``bent_x`` with the bend reversed and more than twice as strong (22 mrad over 11.5 Å), theta_y +4."""
+    data, geometry, truth, thickness = bent_x_data(bent_x_strong_field)
+    return map_and_global("bent_x_strong", data, geometry, truth, thickness, args, states)
+
+
 def case_bent_x(args, states: Path) -> dict:
     """A bend along the other axis, with another range, from the project's own forward model.
 
@@ -420,12 +433,12 @@ def case_bent_x(args, states: Path) -> dict:
     return map_and_global("bent_x", data, geometry, truth, thickness, args, states)
 
 
-def bent_x_data():
+def bent_x_data(field=bent_x_field):
     """The bent_x crystal: data, geometry, the true field at the positions (P, 2) mrad, thickness (Å)."""
     from app_extension.simulate import simulate_tilt_field
 
     ds = simulate_tilt_field(
-        bent_x_field,
+        field,
         unit_cells_z=26,
         scan_shape=(24, 24),
         scan_step=0.5,
@@ -433,7 +446,7 @@ def bent_x_data():
         reciprocal_sampling=0.1,
     )
     pos = ds.geometry.scan_positions
-    truth = np.stack(bent_x_field(pos[:, 0], pos[:, 1]), axis=1)
+    truth = np.stack(field(pos[:, 0], pos[:, 1]), axis=1)
     return ds.data, ds.geometry, truth, ds.thickness
 
 
@@ -617,6 +630,7 @@ CASES = {
     "bent_polish": case_bent_polish,
     "bent_crystal_prior": case_bent_crystal_prior,
     "bent_x": case_bent_x,
+    "bent_x_strong": case_bent_x_strong,
     "uniform": case_uniform,
     "dose": case_dose,
     "grains": case_grains,
