@@ -22,6 +22,7 @@ Usage::
     python validation/dose.py --datasets tilt --slices 10 --threads 2 --candidates lowpass05
     python validation/dose.py --datasets poisson --slices 10 --threads 2 --candidates prior_A devlp05 \
         prior_A_devlp05 devlp10 coarse14 coarse14_hold dzk1 dzk2 lr_decay lr_decay_all
+    python validation/dose.py --datasets poisson --slices 10 --threads 2 --candidates discrepancy
     python validation/dose.py --table        # the table of all recorded runs
 """
 
@@ -177,6 +178,81 @@ def _wrap(name: str):
     return lambda: None
 
 
+#: ``discrepancy``: the lateral Gaussian of ``lowpass*`` with a strength that follows the noise (Morozov's
+#: discrepancy principle): after each pass the amplitude loss is compared with what Poisson noise alone
+#: would leave at the model's own intensities, sum f(lambda) with f(lambda) = E(sqrt(N) - sqrt(lambda))^2
+#: for N ~ Poisson(lambda) (1/4 for bright pixels, about 2 lambda for dark ones); while the loss is below
+#: that floor the slices fit noise and sigma grows by 1.25x (from 0.25 px), above it it shrinks.
+DISCREPANCY = ("discrepancy",)
+CANDIDATES.update({name: {} for name in DISCREPANCY})
+
+
+def _poisson_sqrt_residual_table(low: float = -5.0, high: float = 4.0, step: float = 0.01) -> np.ndarray:
+    """f(lambda) = E(sqrt(N) - sqrt(lambda))^2, N ~ Poisson(lambda), on log10(lambda) from ``low`` to ``high``."""
+    from scipy.stats import poisson
+
+    lam = 10.0 ** np.arange(low, high + step / 2, step)
+    out = np.empty_like(lam)
+    for i, v in enumerate(lam):
+        n = np.arange(int(v + 12 * np.sqrt(v) + 30))
+        out[i] = (poisson.pmf(n, v) * (np.sqrt(n) - np.sqrt(v)) ** 2).sum()
+    return out
+
+
+def _discrepancy():
+    from app_extension.solver import losses
+
+    table = torch.as_tensor(_poisson_sqrt_residual_table())
+    original_loss = losses.LOSSES["amplitude"]
+    original_trainable, original_constraints = steps.set_trainable, steps.apply_constraints
+    book = {"scale": 1.0, "loss": 0.0, "floor": 0.0, "sigma": 0.0, "history": []}
+
+    def floor_of(model, mask):
+        lam = (model.detach().double() / book["scale"]).clamp(min=1e-5, max=1e4)
+        u = (torch.log10(lam) + 5.0) / 0.01
+        i0 = u.floor().long().clamp(max=table.numel() - 2)
+        frac = u - i0
+        f = table[i0] * (1 - frac) + table[i0 + 1] * frac
+        if mask is not None:
+            f = f * mask
+        return float(f.sum()) * book["scale"]
+
+    def amplitude(model, measured_sqrt, mask=None):
+        value = original_loss(model, measured_sqrt, mask)
+        book["loss"] += float(value.detach())
+        book["floor"] += floor_of(model, mask)
+        return value
+
+    def set_trainable(run, iteration):
+        original_trainable(run, iteration)
+        book["scale"] = float(run.data.intensity_scale)
+        book["loss"], book["floor"] = 0.0, 0.0
+
+    @torch.no_grad()
+    def constraints(run):
+        original_constraints(run)
+        ratio = book["loss"] / max(book["floor"], 1e-30)
+        sigma = book["sigma"]
+        sigma = max(0.25, 1.25 * sigma) if ratio < 1.0 else (sigma / 1.25 if sigma / 1.25 >= 0.2 else 0.0)
+        book["sigma"] = sigma
+        book["history"].append((round(ratio, 4), round(sigma, 3)))
+        if sigma > 0:
+            for field in (run.state.phase, run.state.amplitude):
+                field.copy_(_lateral_gaussian(field, sigma))
+
+    losses.LOSSES["amplitude"] = amplitude
+    steps.LOSSES["amplitude"] = amplitude
+    steps.set_trainable, steps.apply_constraints = set_trainable, constraints
+
+    def restore():
+        losses.LOSSES["amplitude"] = original_loss
+        steps.LOSSES["amplitude"] = original_loss
+        steps.set_trainable, steps.apply_constraints = original_trainable, original_constraints
+        print("  discrepancy (loss / floor, sigma px) per iteration:", book["history"], flush=True)
+
+    return restore
+
+
 def _bright_field_mask(data, geometry, factor: float = 2.0) -> np.ndarray:
     from app_extension.physics.optics import electron_wavelength
 
@@ -315,6 +391,8 @@ def run_one(data, geometry, dataset: str, num_slices: int, candidate: str, itera
         restore = _dz_through_low_k(DZK[candidate], geometry.semiangle)
     if candidate in HOLDOUT:
         restore = _hold_out(HOLDOUT[candidate], geometry.scan_positions.shape[0])
+    if candidate in DISCREPANCY:
+        restore = _discrepancy()
     t0 = time.perf_counter()
     try:
         if candidate in COARSE:
