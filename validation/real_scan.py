@@ -36,6 +36,19 @@ def load(path: Path):
     return data, a, truth
 
 
+def recorded_calibration(attrs):
+    """What the microscope recorded (the file's attributes) as a ``RecordedCalibration``."""
+    from app_extension.measurements import RecordedCalibration
+
+    return RecordedCalibration.from_mrad(
+        float(attrs["energy_eV"]),
+        float(attrs["semiangle_mrad"]),
+        float(attrs["scan_step_A"]),
+        float(attrs["reciprocal_pixel_mrad"]),
+        float(attrs["defocus_A"]),
+    )
+
+
 def score(report, truth, transposed_truth: bool) -> dict:
     """Compare a report with the truth (the truth is in the untransposed detector frame)."""
     axis = np.array(truth["axis_px"], dtype=float)
@@ -105,18 +118,12 @@ def main(argv=None):
     parser.add_argument("--no-solver", action="store_true", help="only the calibration stage")
     args = parser.parse_args(argv)
 
-    from app_extension.measurements import PrepareOptions, RecordedCalibration, prepare
+    from app_extension.measurements import PrepareOptions, prepare
     from app_extension.measurements.orientation import scan_to_detector
     from app_extension.solver.config import Geometry
 
     data, attrs, truth = load(args.data)
-    recorded = RecordedCalibration.from_mrad(
-        float(attrs["energy_eV"]),
-        float(attrs["semiangle_mrad"]),
-        float(attrs["scan_step_A"]),
-        float(attrs["reciprocal_pixel_mrad"]),
-        float(attrs["defocus_A"]),
-    )
+    recorded = recorded_calibration(attrs)
     thickness_guess = float(truth["thickness_A"]) * 1.3  # what the user gives the solver
     results = {
         "settings": {

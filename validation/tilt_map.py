@@ -430,19 +430,13 @@ def case_real(args, states: Path) -> dict:
     default tilt map with 10 slices (thickness guess 1.3x, as ``real_scan.py``). Nothing varies over this
     scan, so the map must say that it was not needed."""
     from real_scan import DATA as REAL
-    from real_scan import load
+    from real_scan import load, recorded_calibration
 
-    from app_extension.measurements import RecordedCalibration, prepare
+    from app_extension.measurements import prepare
     from app_extension.measurements.orientation import scan_to_detector
 
     data, attrs, truth = load(REAL)
-    recorded = RecordedCalibration.from_mrad(
-        float(attrs["energy_eV"]),
-        float(attrs["semiangle_mrad"]),
-        float(attrs["scan_step_A"]),
-        float(attrs["reciprocal_pixel_mrad"]),
-        float(attrs["defocus_A"]),
-    )
+    recorded = recorded_calibration(attrs)
     thickness = float(truth["thickness_A"])
     prepared = prepare(data, recorded, thickness=1.3 * thickness)
     config = SolverConfig(
