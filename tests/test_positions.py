@@ -92,3 +92,60 @@ def test_refinement_recovers_a_miscalibrated_jittered_scan():
     summary = state.positions.summary(state.sampling)
     assert summary["rotation_deg"] < -0.5  # undoing the +2 degrees
     assert summary["scale_x"] < 0.99 and summary["scale_y"] < 0.99  # undoing the 3 % stretch
+
+
+def test_offsets_at_their_bound_are_given_up_and_stay_given_up(tmp_path, caplog):
+    from app_extension.solver import steps
+    from app_extension.solver.data import MeasuredData
+    from app_extension.solver.engine import initial_state
+    from app_extension.solver.positions import RUNAWAY_FRACTION
+    from app_extension.solver.state import ReconstructionState
+
+    geometry = Geometry(
+        energy=300e3, semiangle=20.0, reciprocal_sampling=0.1, scan_positions=Geometry.raster((8, 8), 1.0)
+    )
+    config = SolverConfig(num_slices=2, slice_thickness=10.0, positions_start=0)
+    data = np.random.default_rng(0).uniform(0.5, 1.5, size=(64, 32, 32)).astype(np.float32)
+    measured = MeasuredData(data, geometry, config, "cpu")
+    state = initial_state(geometry, config, measured.window, measured.mean_intensity, "cpu")
+    run = steps.Run.start(state, measured, config)
+    steps.set_trainable(run, 0)
+    model = state.positions
+    bound = config.positions_max_offset / state.sampling
+    # 40 % of the positions pushed far past the bound (signs alternating, so no mean or linear part)
+    far = np.zeros((64, 2), dtype=np.float32)
+    picked = np.random.default_rng(1).permutation(64)[:26]
+    far[picked] = 3 * bound * np.where(np.arange(26) % 2, 1.0, -1.0)[:, None]
+    with torch.no_grad():
+        model.offsets.copy_(torch.as_tensor(far))
+    model.offsets.grad = torch.zeros_like(model.offsets)
+    with caplog.at_level("WARNING"):
+        steps.positions_step(run)
+    assert model.given_up and "ran into their bound" in caplog.text
+    assert float(model.offsets.abs().max()) == 0.0
+    torch.testing.assert_close(state.window_corners, model.corners())
+    assert 26 / 64 > RUNAWAY_FRACTION
+    # never learned again in this run, nor after a save and a resume
+    steps.set_trainable(run, 5)
+    assert not model.offsets.requires_grad
+    path = tmp_path / "state.h5"
+    state.save(path)
+    back = ReconstructionState.load(path)
+    assert back.positions.given_up and back.positions.clone().given_up
+    assert not steps.positions_learned(config, 5, back.positions)
+    assert steps.positions_learned(config, 5, PositionModel(model.nominal))
+
+
+def test_low_overlap_scan_keeps_its_tilt():
+    """1 Å steps for a 2 Å probe: the offsets run away and pulled a 12 mrad tilt to 7.4 mrad."""
+    from app_extension.simulate import simulate_tilt_field
+
+    def field(y, x):
+        y = np.asarray(y, dtype=np.float64)
+        return np.full_like(y, 12.0), np.zeros_like(y)
+
+    ds = simulate_tilt_field(field, unit_cells_z=12, scan_shape=(20, 20), scan_step=1.0)
+    config = SolverConfig(iterations=20, num_slices=4, slice_thickness=12.0)
+    state = reconstruct(ds.data, ds.geometry, config, show_progressbar=False)
+    assert state.positions.given_up
+    assert state.tilt_mrad[0] > 10.0  # refine_positions=False: 11.1

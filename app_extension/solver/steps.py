@@ -26,6 +26,7 @@ when several processes share the positions, their communicator
 
 from __future__ import annotations
 
+import logging
 import math
 from dataclasses import dataclass
 
@@ -42,7 +43,7 @@ from .crystal_frame import crystal_frame_prior, hold_iteration_due, hold_map
 from .data import MeasuredData
 from .distributed import Communicator
 from .losses import LOSSES
-from .positions import PositionModel
+from .positions import RUNAWAY_FRACTION, PositionModel
 from .sign_step import ConfirmedRprop
 from .state import ReconstructionState
 from .tilt_field import (
@@ -71,6 +72,8 @@ __all__ = [
     "finish_iteration",
     "MAX_DRIFT_STEP",
 ]
+
+_log = logging.getLogger(__name__)
 
 #: Largest change of the tilt (mrad) one drift-to-tilt step may make.
 MAX_DRIFT_STEP = 20.0
@@ -288,7 +291,7 @@ def set_trainable(run: Run, iteration: int) -> None:
     else:
         state.tilt.requires_grad_(learn_tilt)
     state.slice_thickness.requires_grad_(learn and config.lr_dz > 0 and iteration >= config.start_dz)
-    if positions_learned(config, iteration):
+    if positions_learned(config, iteration, state.positions):
         if state.positions is None:
             state.positions = PositionModel(state.window_corners)
         if run.positions_optimizer is None:
@@ -298,8 +301,10 @@ def set_trainable(run: Run, iteration: int) -> None:
         state.positions.requires_grad_(False)
 
 
-def positions_learned(config: SolverConfig, iteration: int) -> bool:
-    """Whether the scan positions are learned in this iteration."""
+def positions_learned(config: SolverConfig, iteration: int, model: PositionModel | None = None) -> bool:
+    """Whether the scan positions are learned in this iteration (not once ``model`` gave them up)."""
+    if model is not None and model.given_up:
+        return False
     return config.refine_positions and config.lr_positions > 0 and iteration >= config.positions_start
 
 
@@ -425,7 +430,10 @@ def thickness_step(run: Run) -> None:
 def positions_step(run: Run) -> None:
     """One Rprop step on the scan positions with the whole pass's gradient, then their constraints.
 
-    ``window_corners`` is updated to the new positions.
+    ``window_corners`` is updated to the new positions. When more than
+    :data:`.positions.RUNAWAY_FRACTION` of the offsets end at their bound, the
+    data do not determine them: they are given up (back to the raster) and
+    position learning stops for the rest of the run, with a warning.
     """
     model = run.state.positions
     if model is None or run.positions_optimizer is None or not model.offsets.requires_grad:
@@ -436,7 +444,20 @@ def positions_step(run: Run) -> None:
         return
     run.positions_optimizer.step()
     run.positions_optimizer.zero_grad(set_to_none=True)
-    model.constrain(shrink=POSITION_SHRINK, max_offset=run.config.positions_max_offset / run.state.sampling)
+    bound = run.config.positions_max_offset / run.state.sampling
+    model.constrain(shrink=POSITION_SHRINK, max_offset=bound)
+    fraction = model.at_bound(bound)
+    if fraction > RUNAWAY_FRACTION:
+        model.give_up()
+        model.requires_grad_(False)
+        _log.warning(
+            "The scan-position offsets ran into their bound (%.0f %% of the positions at +-%g Å): the data "
+            "do not determine them (too little overlap between neighbouring probe positions), so the "
+            "positions are kept on the raster for the rest of the run. Set refine_positions=False to skip "
+            "this, or raise positions_max_offset if the scan really is that far off.",
+            100 * fraction,
+            run.config.positions_max_offset,
+        )
     with torch.no_grad():
         run.state.window_corners.copy_(model.corners())
 
