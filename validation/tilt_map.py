@@ -18,6 +18,8 @@ Cases (all from tilt (0, 0), default options but ``tilt_map=True``):
   the same with theta_x from -10 to +12 mrad and theta_y +4;
 * ``real``: the realistic scan sto_real_H.h5 (uniform tilt, scan distortions, Poisson counts) through
   the calibration stage, the default map with 10 slices: it must say that it was not needed;
+* ``large_tilt``: uniform 12 and 28 mrad on the own forward model at 1 Å steps (low overlap), with and
+  without position refinement, 28 mrad also from the true tilt;
 * ``cost``: seconds per iteration of global APP, the free and the held map on sto_bent_y.h5, interleaved.
 
 The default tilt map holds its shape from ``tilt_map_hold`` (13) on: the map's bend is then carried
@@ -462,6 +464,47 @@ def case_real(args, states: Path) -> dict:
     return {"real_map": info}
 
 
+def case_large_tilt(args, states: Path) -> dict:
+    """Uniform tilts of 12 and 28 mrad (22 mrad aperture), own forward model, low overlap (1 Å steps).
+
+    ``simulate_tilt_field`` with 12 unit cells (46.9 Å), a 20 x 20 scan at 1 Å, global APP with 4
+    slices from tilt 0 (and, for 28 mrad, from the true tilt), ``--iterations`` iterations: the
+    position offsets' give-up and the slow approach beyond the convergence angle.
+    """
+    from app_extension.simulate import simulate_tilt_field
+
+    out = {}
+    for tilt, start in ((12.0, 0.0), (28.0, 0.0), (28.0, 28.0)):
+
+        def field(y, x, tilt=tilt):
+            y = np.asarray(y, dtype=np.float64)
+            return np.full_like(y, tilt), np.zeros_like(y)
+
+        ds = simulate_tilt_field(field, unit_cells_z=12, scan_shape=(20, 20), scan_step=1.0)
+        for positions in (True, False):
+            config = SolverConfig(
+                iterations=args.iterations,
+                num_slices=4,
+                slice_thickness=12.0,
+                tilt=(start, 0.0),
+                refine_positions=positions,
+            )
+            name = f"large_tilt_{tilt:g}_from_{start:g}" + ("" if positions else "_no_positions")
+            state, info = solve(ds.data, ds.geometry, config, name, states)
+            info["tilt_history_x"] = state.history["tilt_x"]
+            info["thickness_error"] = state.thickness / ds.thickness - 1
+            info["positions_given_up"] = bool(state.positions is not None and state.positions.given_up)
+            out[name] = info
+            print(
+                name,
+                info["mean_tilt_mrad"],
+                round(info["thickness_error"], 3),
+                info["positions_given_up"],
+                flush=True,
+            )
+    return out
+
+
 def case_bent_x(args, states: Path) -> dict:
     """A bend along the other axis, with another range, from the project's own forward model.
 
@@ -672,6 +715,7 @@ CASES = {
     "bent_x": case_bent_x,
     "bent_x_strong": case_bent_x_strong,
     "real": case_real,
+    "large_tilt": case_large_tilt,
     "uniform": case_uniform,
     "dose": case_dose,
     "grains": case_grains,
