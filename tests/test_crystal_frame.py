@@ -117,7 +117,7 @@ def test_hold_of_a_uniform_map_leaves_the_slices_and_the_prior_as_they_are():
     )
     plain, frame = noisy.clone(), noisy.clone()
     smooth_depth(plain, 0.5)
-    crystal_frame_prior(state, frame, 0.5)
+    crystal_frame_prior(state, [frame], 0.5)
     torch.testing.assert_close(frame, plain, rtol=0, atol=1e-5)
 
 
@@ -137,7 +137,7 @@ def test_hold_then_entrance_frame_round_trips_and_the_prior_follows_the_columns(
     # slices that already follow the columns are what the crystal-frame prior keeps; the plain prior
     # pulls them straight
     frame, plain = state.phase.clone(), state.phase.clone()
-    crystal_frame_prior(state, frame, 0.5)
+    crystal_frame_prior(state, [frame], 0.5)
     smooth_depth(plain, 0.5)
     moved_frame = (frame - state.phase).abs().numpy()[inner].max()
     moved_plain = (plain - state.phase).abs().numpy()[inner].max()

@@ -176,8 +176,10 @@ def column_sharpness(state: ReconstructionState, geometry: Geometry, window: int
 
 def entrance_state(state: ReconstructionState) -> ReconstructionState:
     """A copy whose slices are in the entrance frame (a held map's bend taken out), map not held."""
+    from app_extension.solver.crystal_frame import map_held
+
     copy = state.clone()
-    if copy.has_tilt_map and copy.tilt_field.held:
+    if map_held(copy):
         phase, amplitude = state.slices()
         copy.phase, copy.amplitude = torch.as_tensor(phase), torch.as_tensor(amplitude)
         copy.tilt_field.held = False
@@ -314,7 +316,8 @@ def _with_crystal_frame_prior(run, slope, constraints, smooth) -> None:
     relative to the propagator's tilt; None gives the plain prior.
     """
     import app_extension.solver.steps as steps
-    from app_extension.solver.tilt_field import pixel_field, warp_levels
+    from app_extension.solver.crystal_frame import neighbours_along
+    from app_extension.solver.tilt_field import pixel_field
 
     state = run.state
     if slope is None:
@@ -325,10 +328,7 @@ def _with_crystal_frame_prior(run, slope, constraints, smooth) -> None:
     def crystal_frame(field, weight):
         if weight <= 0:
             return smooth(field, weight)
-        up, down = warp_levels(field[:-1], step), warp_levels(field[1:], -step)  # s-1 (s+1) onto s
-        near = torch.empty_like(field)
-        near[1:-1] = 0.5 * (up[:-1] + down[1:])
-        near[0], near[-1] = down[0], up[-1]
+        near = neighbours_along(field, step)  # before field changes
         field.mul_(1 - weight).add_(near, alpha=weight)
 
     steps.smooth_depth = crystal_frame

@@ -34,22 +34,29 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from .tilt_field import TiltGrid, pixel_field, shift_slices_with_depth, warp_levels
+from .tilt_field import TiltGrid, shift_slices_with_depth, warp_levels
 
 __all__ = [
+    "map_held",
     "hold_iteration_due",
     "map_departure",
     "hold_map",
+    "neighbours_along",
     "crystal_frame_prior",
     "entrance_frame",
 ]
+
+
+def map_held(state) -> bool:
+    """True when the state's tilt map is held (its bend carried by the slices)."""
+    return state.has_tilt_map and state.tilt_field.held
 
 
 def hold_iteration_due(config, state, iteration: int) -> bool:
     """Whether the map is to be held before ``iteration`` (``tilt_map_hold``; 0: never)."""
     return (
         state.has_tilt_map
-        and not state.tilt_field.held
+        and not map_held(state)
         and config.learns_geometry
         and config.tilt_map_hold > 0
         and iteration >= config.tilt_map_hold
@@ -63,9 +70,22 @@ def map_departure(state) -> np.ndarray:
     return tan - tan.mean(axis=0)
 
 
+def _departure_at(state, yy: np.ndarray, xx: np.ndarray) -> np.ndarray:
+    """:func:`map_departure` at the points (yy, xx) Å, in px per Å of depth: (..., (y, x))."""
+    index, weight = state.tilt_field.weights(np.stack([yy.ravel(), xx.ravel()], axis=1))
+    values = (map_departure(state)[index] * weight[..., None]).sum(axis=1)
+    return values.reshape(*yy.shape, 2)[..., ::-1] / state.sampling
+
+
+def _pixel_grid(state) -> tuple[np.ndarray, np.ndarray]:
+    """(yy, xx) Å of every object pixel, (H, W) each."""
+    ys, xs = state.coordinates()
+    return np.meshgrid(ys, xs, indexing="ij")
+
+
 def _departure_px(state) -> np.ndarray:
     """:func:`map_departure` at every object pixel, in px of lateral shift per Å of depth: (H, W, (y, x))."""
-    return pixel_field(state, state.tilt_field, map_departure(state)) / state.sampling
+    return _departure_at(state, *_pixel_grid(state))
 
 
 @torch.no_grad()
@@ -76,31 +96,35 @@ def hold_map(state) -> None:
     grid.held = True
 
 
-@torch.no_grad()
-def crystal_frame_prior(state, field: torch.Tensor, weight: float) -> None:
-    """The depth prior along a held map's columns: each slice ``weight`` of the way to its neighbours.
+def neighbours_along(field: torch.Tensor, step: np.ndarray) -> torch.Tensor:
+    """Each slice's neighbours' mean after shifting them onto it by ``step`` (H, W, (y, x)) px per slice.
 
-    The neighbours are first shifted onto the slice by the map's drift
-    between adjacent slices, ``dz c(r)`` (slice ``s - 1`` by ``+dz c``,
-    slice ``s + 1`` by ``-dz c``); the end slices use their single
-    neighbour, as :func:`.constraints.smooth_depth` does.
+    Slice ``s - 1`` is moved by ``+step`` and slice ``s + 1`` by ``-step``;
+    the end slices take their single neighbour (as
+    :func:`.depth_prior.neighbour_mean` does without a shift).
     """
-    if weight <= 0 or field.shape[0] < 2:
-        return
-    step = _departure_px(state) * state.dz
     up = warp_levels(field[:-1], step)  # slice s-1 onto slice s, for s = 1 .. S-1
     down = warp_levels(field[1:], -step)  # slice s+1 onto slice s, for s = 0 .. S-2
     near = torch.empty_like(field)
     near[1:-1] = 0.5 * (up[:-1] + down[1:])
     near[0], near[-1] = down[0], up[-1]
-    field.mul_(1 - weight).add_(near, alpha=weight)
+    return near
 
 
-def _departure_at(state, yy: np.ndarray, xx: np.ndarray) -> np.ndarray:
-    """:func:`map_departure` at the points (yy, xx) Å, in px per Å of depth: (..., (y, x))."""
-    index, weight = state.tilt_field.weights(np.stack([yy.ravel(), xx.ravel()], axis=1))
-    values = (map_departure(state)[index] * weight[..., None]).sum(axis=1)
-    return values.reshape(*yy.shape, 2)[..., ::-1] / state.sampling
+@torch.no_grad()
+def crystal_frame_prior(state, fields, weight: float) -> None:
+    """The depth prior along a held map's columns: each slice ``weight`` of the way to its neighbours.
+
+    ``fields``: the (S, H, W) tensors to smooth in place (phase and
+    amplitude). The neighbours are first shifted onto the slice by the map's
+    drift between adjacent slices, ``dz c(r)`` (:func:`neighbours_along`).
+    """
+    if weight <= 0 or state.num_slices < 2:
+        return
+    step = _departure_px(state) * state.dz
+    for field in fields:
+        near = neighbours_along(field, step)  # before field changes
+        field.mul_(1 - weight).add_(near, alpha=weight)
 
 
 @torch.no_grad()
@@ -115,10 +139,9 @@ def entrance_frame(state) -> tuple[np.ndarray, np.ndarray]:
     slices as they are.
     """
     phase, amplitude = state.phase.detach(), state.amplitude.detach()
-    if not (state.has_tilt_map and state.tilt_field.held):
+    if not map_held(state):
         return phase.cpu().numpy(), amplitude.cpu().numpy()
-    ys, xs = state.coordinates()
-    yy, xx = np.meshgrid(ys, xs, indexing="ij")
+    yy, xx = _pixel_grid(state)
     departure = _departure_at(state, yy, xx)
     out = {"phase": [], "amplitude": []}
     for s in range(state.num_slices):

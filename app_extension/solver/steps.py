@@ -39,7 +39,7 @@ from ..physics.tilted_propagators import tilted_propagators
 from .alignment import fit_drift, fourier_shift, slice_shifts
 from .config import SolverConfig
 from .constraints import clamp_amplitude, orthogonalize_probe, smooth_depth
-from .crystal_frame import crystal_frame_prior, hold_iteration_due, hold_map
+from .crystal_frame import crystal_frame_prior, hold_iteration_due, hold_map, map_held
 from .data import MeasuredData
 from .distributed import Communicator
 from .losses import LOSSES
@@ -269,11 +269,6 @@ def hold_tilt_map(run: Run, iteration: int) -> bool:
     return True
 
 
-def map_held(state: ReconstructionState) -> bool:
-    """True when the state's tilt map is held (its bend carried by the slices)."""
-    return state.has_tilt_map and state.tilt_field.held
-
-
 def set_trainable(run: Run, iteration: int) -> None:
     """Switch each parameter's gradient on from its start iteration (a held tilt map: its mean only)."""
     state, config = run.state, run.config
@@ -282,12 +277,9 @@ def set_trainable(run: Run, iteration: int) -> None:
     state.probe.requires_grad_(config.lr_probe > 0 and iteration >= config.start_probe)
     learn = config.learns_geometry
     learn_tilt = learn and config.lr_tilt > 0 and iteration >= config.start_tilt
-    if map_held(state):  # the propagator: the map's mean tilt, learned as a global tilt
+    if state.has_tilt_map:  # a held map: the propagator takes its mean, learned as a global tilt
         state.tilt_grid.requires_grad_(learn_tilt)
-        run.map_active = False
-    elif state.has_tilt_map:
-        state.tilt_grid.requires_grad_(learn_tilt)
-        run.map_active = iteration >= config.tilt_map_start
+        run.map_active = not map_held(state) and iteration >= config.tilt_map_start
     else:
         state.tilt.requires_grad_(learn_tilt)
     state.slice_thickness.requires_grad_(learn and config.lr_dz > 0 and iteration >= config.start_dz)
@@ -548,11 +540,11 @@ def apply_constraints(run: Run) -> None:
     state = run.state
     if state.probe.shape[0] > 1:
         orthogonalize_probe(state.probe)
-    for field in (state.phase, state.amplitude):
-        if map_held(state):
-            crystal_frame_prior(state, field, run.config.depth_weight)
-        else:
-            smooth_depth(field, run.config.depth_weight)
+    if map_held(state):
+        crystal_frame_prior(state, (state.phase, state.amplitude), run.config.depth_weight)
+    else:
+        smooth_depth(state.phase, run.config.depth_weight)
+        smooth_depth(state.amplitude, run.config.depth_weight)
     state.slice_thickness.clamp_(min=0.1)
 
 
