@@ -240,13 +240,11 @@ def _discrepancy():
             for field in (run.state.phase, run.state.amplitude):
                 field.copy_(_lateral_gaussian(field, sigma))
 
-    losses.LOSSES["amplitude"] = amplitude
-    steps.LOSSES["amplitude"] = amplitude
+    losses.LOSSES["amplitude"] = amplitude  # the one dict steps.gradient_step reads
     steps.set_trainable, steps.apply_constraints = set_trainable, constraints
 
     def restore():
         losses.LOSSES["amplitude"] = original_loss
-        steps.LOSSES["amplitude"] = original_loss
         steps.set_trainable, steps.apply_constraints = original_trainable, original_constraints
         print("  discrepancy (loss / floor, sigma px) per iteration:", book["history"], flush=True)
 

@@ -547,16 +547,20 @@ def warp_levels(field: torch.Tensor, shift: np.ndarray, delta: float = LEVEL_STE
     spectrum = torch.fft.rfft2(field.to(torch.float64))
     out = torch.zeros(field.shape, dtype=torch.float64, device=field.device)
     complex_dtype = spectrum.dtype
-    for ly in range(int(base[..., 0].min()), int(base[..., 0].max()) + 2):
-        wy = np.where(base[..., 0] == ly, 1 - frac[..., 0], 0.0) + np.where(
-            base[..., 0] == ly - 1, frac[..., 0], 0.0
-        )
-        if not wy.any():
-            continue
-        for lx in range(int(base[..., 1].min()), int(base[..., 1].max()) + 2):
-            wx = np.where(base[..., 1] == lx, 1 - frac[..., 1], 0.0) + np.where(
-                base[..., 1] == lx - 1, frac[..., 1], 0.0
-            )
+
+    def level_weights(axis: int) -> dict[int, np.ndarray]:
+        """Per level along ``axis``: each pixel's linear weight of it (the nonzero ones only)."""
+        b, f = base[..., axis], frac[..., axis]
+        levels = {}
+        for level in range(int(b.min()), int(b.max()) + 2):
+            linear = np.where(b == level, 1 - f, 0.0) + np.where(b == level - 1, f, 0.0)
+            if linear.any():
+                levels[level] = linear
+        return levels
+
+    along_x = level_weights(1)
+    for ly, wy in level_weights(0).items():
+        for lx, wx in along_x.items():
             weight = wy * wx
             if not weight.any():
                 continue
