@@ -23,7 +23,11 @@ Usage::
     python validation/dose.py --datasets poisson --slices 10 --threads 2 --candidates prior_A devlp05 \
         prior_A_devlp05 devlp10 coarse14 coarse14_hold dzk1 dzk2 lr_decay lr_decay_all
     python validation/dose.py --datasets poisson --slices 10 --threads 2 --candidates discrepancy
+    python validation/dose.py --datasets poisson tilt --slices 10 --candidates companion
     python validation/dose.py --table        # the table of all recorded runs
+
+Every candidate but ``default`` runs with ``dz_companion=False`` unless it sets it (they were
+measured before the thickness companion existed); ``default`` is today's defaults.
 """
 
 from __future__ import annotations
@@ -53,6 +57,8 @@ RESULTS = HERE / "results" / "dose.json"
 #: Candidate name -> option changes on top of ``SolverConfig()`` defaults.
 CANDIDATES: dict[str, dict] = {
     "default": {},
+    "companion": {"dz_companion": True},  # the thickness companion (default since 2026-12-03)
+    "no_companion": {"dz_companion": False},  # dz on the requested slices (the default before)
     "rprop": {"dz_confirm_flips": False},
     "poisson_loss": {"loss": "poisson", "dz_confirm_flips": False},
     "anscombe_rprop": {"loss": "anscombe", "dz_confirm_flips": False},
@@ -275,7 +281,13 @@ def _split_slices(state, factor: int = 2):
 
 #: ``coarse14`` / ``coarse14_hold``: as ``coarse_split`` with 14 of the 20 iterations coarse; ``_hold``
 #: keeps the coarse model's thickness after the split (dz no longer learned).
-COARSE = {"coarse_split": (0.5, False), "coarse14": (0.7, False), "coarse14_hold": (0.7, True)}
+COARSE = {
+    "coarse_split": (0.5, False),
+    "coarse14": (0.7, False),
+    "coarse14_hold": (0.7, True),
+    "coarse15_hold": (0.75, True),
+    "coarse16_hold": (0.8, True),
+}
 CANDIDATES.update({name: {} for name in COARSE})
 
 
@@ -365,6 +377,60 @@ def _hold_out(fraction: float, num_positions: int, seed: int = 0):
     return restore
 
 
+#: ``dzlp05`` / ``dzlp10``: errors in variables? The object, probe and tilt learn as usual, but the
+#: slice thickness's gradient comes from a second forward pass through a laterally low-passed copy of
+#: the object (Gaussian sigma 0.5 / 1 px), so the noise the slices have fitted does not reach dz.
+DZLP = {"dzlp05": 0.5, "dzlp10": 1.0}
+CANDIDATES.update({name: {} for name in DZLP})
+
+
+def _dz_from_second_pass(view):
+    """Wrap ``steps.gradient_step``: dz's gradient from a second pass through ``view(state)``.
+
+    ``view`` returns (phase, amplitude, factor): a detached object and the factor on dz its
+    propagator takes; probe, tilt and positions are held in that pass.
+    """
+    step = steps.gradient_step
+
+    def gradient_step(run, batch):
+        state = run.state
+        dz = state.slice_thickness
+        before = None if dz.grad is None else dz.grad.clone()
+        value = step(run, batch)
+        dz.grad = before
+        if not dz.requires_grad:
+            return value
+        with torch.no_grad():
+            phase, amplitude, factor = view(state)
+        prop = steps.batch_propagator(run, batch, dz=dz * factor, detach_tilt=True)
+        corners = steps.batch_corners(run, batch).detach()
+        model = steps.forward(state.probe.detach(), phase, amplitude, corners, prop)
+        steps.LOSSES[run.config.loss](model, run.data.targets(batch), run.data.mask).backward()
+        return value
+
+    steps.gradient_step = gradient_step
+    return lambda: setattr(steps, "gradient_step", step)
+
+
+def _dz_through_smoothed(sigma: float):
+    return _dz_from_second_pass(
+        lambda state: (_lateral_gaussian(state.phase, sigma), _lateral_gaussian(state.amplitude, sigma), 1)
+    )
+
+
+#: ``dzmerge``: the object, probe and tilt learn on the requested slices; the slice thickness's gradient
+#: comes from a second forward pass through the slices merged in pairs (phases added, amplitudes
+#: multiplied) and propagated by 2 dz: the thickness seen at half the depth sampling.
+DZMERGE = ("dzmerge",)
+CANDIDATES.update({name: {} for name in DZMERGE})
+
+
+def _dz_through_merged(factor: int = 2):
+    from app_extension.solver.thickness_companion import merge
+
+    return _dz_from_second_pass(lambda state: (*merge(state.phase, state.amplitude, factor), factor))
+
+
 def run_one(data, geometry, dataset: str, num_slices: int, candidate: str, iterations: int) -> dict:
     """One reconstruction; the per-pass dz gradient is recorded by wrapping ``steps.thickness_step``."""
     grads: list[float] = []
@@ -375,11 +441,14 @@ def run_one(data, geometry, dataset: str, num_slices: int, candidate: str, itera
         grads.append(float("nan") if g is None else float(g))
         original(run)
 
+    options = dict(CANDIDATES[candidate])
+    if candidate != "default":  # the candidates were measured before the thickness companion
+        options.setdefault("dz_companion", False)
     config = SolverConfig(
         num_slices=num_slices,
         slice_thickness=1.3 * THICKNESS / num_slices,
         iterations=iterations,
-        **CANDIDATES[candidate],
+        **options,
     )
     steps.thickness_step = recording
     restore = _wrap(candidate)
@@ -391,6 +460,10 @@ def run_one(data, geometry, dataset: str, num_slices: int, candidate: str, itera
         restore = _hold_out(HOLDOUT[candidate], geometry.scan_positions.shape[0])
     if candidate in DISCREPANCY:
         restore = _discrepancy()
+    if candidate in DZLP:
+        restore = _dz_through_smoothed(DZLP[candidate])
+    if candidate in DZMERGE:
+        restore = _dz_through_merged()
     t0 = time.perf_counter()
     try:
         if candidate in COARSE:

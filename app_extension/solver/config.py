@@ -228,6 +228,13 @@ class SolverConfig(Declared):
         "which flips the gradient for one pass while dz is still far off). False: plain Rprop.",
         kind="bool",
     )
+    dz_companion: bool = option(
+        True,
+        "APP: learn the slice thickness of slices thinner than the depth of field lambda / alpha^2 on a "
+        "companion model with them merged k at a time (at least 3 left), fitted beside them; thin slices "
+        "bias dz high at a realistic dose. False: dz learned on the requested slices.",
+        kind="bool",
+    )
     start_probe: int = option(
         1, "First iteration (0-based) at which the probe is learned.", kind="int", low=0
     )

@@ -112,16 +112,17 @@ def neighbours_along(field: torch.Tensor, step: np.ndarray) -> torch.Tensor:
 
 
 @torch.no_grad()
-def crystal_frame_prior(state, fields, weight: float) -> None:
+def crystal_frame_prior(state, fields, weight: float, dz: float | None = None) -> None:
     """The depth prior along a held map's columns: each slice ``weight`` of the way to its neighbours.
 
     ``fields``: the (S, H, W) tensors to smooth in place (phase and
     amplitude). The neighbours are first shifted onto the slice by the map's
-    drift between adjacent slices, ``dz c(r)`` (:func:`neighbours_along`).
+    drift between adjacent slices, ``dz c(r)`` (:func:`neighbours_along`);
+    ``dz`` defaults to the state's (the thickness companion passes its own).
     """
-    if weight <= 0 or state.num_slices < 2:
+    if weight <= 0 or fields[0].shape[0] < 2:
         return
-    step = _departure_px(state) * state.dz
+    step = _departure_px(state) * (state.dz if dz is None else dz)
     for field in fields:
         near = neighbours_along(field, step)  # before field changes
         field.mul_(1 - weight).add_(near, alpha=weight)

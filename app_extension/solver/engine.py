@@ -41,6 +41,7 @@ from .data_checks import warn_about_patterns
 from .distributed import from_environment
 from .memory import preflight
 from .state import ReconstructionState
+from .thickness_companion import factor_for, merge
 from .tilt_field import make_tilt_grid
 
 __all__ = ["reconstruct", "initial_state"]
@@ -83,9 +84,15 @@ def initial_state(
             grid=config.tilt_map_grid,
         )
         grid = torch.tensor([config.tilt] * field.size, dtype=torch.float32)
+    phase = torch.zeros((s, height, width), dtype=torch.float32)
+    amplitude = torch.ones((s, height, width), dtype=torch.float32)
+    companion = (None, None)
+    factor = factor_for(config, wavelength, geometry.semiangle)
+    if factor > 1:  # the slice thickness is learned on merged slices (see .thickness_companion)
+        companion = merge(phase, amplitude, factor)
     return ReconstructionState(
-        phase=torch.zeros((s, height, width), dtype=torch.float32),
-        amplitude=torch.ones((s, height, width), dtype=torch.float32),
+        phase=phase,
+        amplitude=amplitude,
         probe=probe,
         tilt=torch.tensor([config.tilt] * ntilt, dtype=torch.float32),
         slice_thickness=torch.tensor(float(config.slice_thickness), dtype=torch.float32),
@@ -95,6 +102,9 @@ def initial_state(
         wavelength=wavelength,
         tilt_grid=grid,
         tilt_field=field,
+        companion_phase=companion[0],
+        companion_amplitude=companion[1],
+        companion_probe=None if companion[0] is None else probe.clone(),
     ).to(device)
 
 
@@ -251,6 +261,9 @@ def reconstruct(
         state.positions.requires_grad_(False)
     if state.has_tilt_map:
         state.tilt_grid.requires_grad_(False)
+    if state.has_companion:
+        state.companion_phase.requires_grad_(False)
+        state.companion_amplitude.requires_grad_(False)
     if config.mode == "fpp" and state.num_slices > 1:
         state.post_alignment = post_align(
             state.phase.cpu().numpy(),

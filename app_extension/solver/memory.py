@@ -48,7 +48,9 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from ..physics.optics import electron_wavelength
 from .config import Geometry, SolverConfig
+from .thickness_companion import factor_for
 
 __all__ = [
     "MemoryEstimate",
@@ -312,6 +314,12 @@ def estimate_memory(
     dev["batch waves kept for the backward"] = kept * wave + s * wave // m
     dev["batch backward and probe-shift temporaries"] = 4 * wave + (wave if need_prop else 0)
     dev["batch loss terms"] = 6 * plane
+    factor = factor_for(config, electron_wavelength(geometry.energy), geometry.semiangle)
+    if factor > 1:  # the thickness companion: S / k slices, their own probe (its batch waves come after ours)
+        dev["thickness companion (object, probe, gradients, moments, last good)"] = (
+            12 * u // factor + 6 * probe
+        )
+        host["thickness companion snapshots"] = 12 * u // factor + 6 * probe
     if config.tilt_map:
         dev["tilt map"] = 4 * 2 * p * 8
     # window row starts; off the CPU the backward also builds a flat patch index (B*W*W int64)

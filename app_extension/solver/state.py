@@ -82,6 +82,10 @@ class ReconstructionState:
     tilt_field
         Tilt map only: the :class:`~.tilt_field.TiltGrid` (where the control
         points sit, which are undetermined, their uncertainties).
+    companion_phase, companion_amplitude
+        The thickness companion's slices (S / k, H, W) when the slice
+        thickness is learned on merged slices (:mod:`.thickness_companion`);
+        None otherwise.
     """
 
     phase: torch.Tensor
@@ -104,12 +108,36 @@ class ReconstructionState:
     memory_estimate: dict | None = None
     tilt_grid: torch.Tensor | None = None
     tilt_field: TiltGrid | None = None
+    companion_phase: torch.Tensor | None = None
+    companion_amplitude: torch.Tensor | None = None
+    companion_probe: torch.Tensor | None = None
 
     _TENSORS = ("phase", "amplitude", "probe", "tilt", "slice_thickness", "window_corners")
+    _COMPANION = ("companion_phase", "companion_amplitude", "companion_probe")
 
     @property
     def num_slices(self) -> int:
         return int(self.phase.shape[0])
+
+    @property
+    def has_companion(self) -> bool:
+        """True when the slice thickness is learned on a thickness companion (:mod:`.thickness_companion`)."""
+        return self.companion_phase is not None
+
+    @property
+    def companion_factor(self) -> int:
+        """Requested slices per companion slice (1 without a companion)."""
+        return self.num_slices // int(self.companion_phase.shape[0]) if self.has_companion else 1
+
+    def slice_sets(self) -> list[tuple[torch.Tensor, torch.Tensor, float]]:
+        """(phase, amplitude, slice thickness in Å) of the slices and of the companion, if any.
+
+        Every step that moves slices with depth moves each set alike.
+        """
+        sets = [(self.phase, self.amplitude, self.dz)]
+        if self.has_companion:
+            sets.append((self.companion_phase, self.companion_amplitude, self.dz * self.companion_factor))
+        return sets
 
     @property
     def object(self) -> np.ndarray:
@@ -168,6 +196,9 @@ class ReconstructionState:
             self.positions = self.positions.to(device)
         if self.tilt_grid is not None:
             self.tilt_grid = self.tilt_grid.detach().to(device)
+        if self.has_companion:
+            for name in self._COMPANION:
+                setattr(self, name, getattr(self, name).detach().to(device))
         return self
 
     def clone(self) -> ReconstructionState:
@@ -188,6 +219,10 @@ class ReconstructionState:
             memory_estimate=copy.deepcopy(self.memory_estimate),
             tilt_grid=None if self.tilt_grid is None else self.tilt_grid.detach().clone(),
             tilt_field=None if self.tilt_field is None else self.tilt_field.copy(),
+            **{
+                name: None if getattr(self, name) is None else getattr(self, name).detach().clone()
+                for name in self._COMPANION
+            },
         )
 
     # -- the one serialised form ------------------------------------------------------------
@@ -218,6 +253,8 @@ class ReconstructionState:
         if self.tilt_grid is not None:
             d["tilt_grid"] = self.tilt_grid.detach().cpu().numpy()
             d["tilt_field"] = self.tilt_field.to_tree()
+        if self.has_companion:
+            d.update({name: getattr(self, name).detach().cpu().numpy() for name in self._COMPANION})
         return {"format": FORMAT, "state": d, "extra": extra or {}}
 
     @classmethod
@@ -237,6 +274,9 @@ class ReconstructionState:
         if d.get("tilt_grid") is not None:
             d["tilt_grid"] = torch.as_tensor(np.array(d["tilt_grid"]))
             d["tilt_field"] = TiltGrid.from_tree(d["tilt_field"])
+        for name in cls._COMPANION:
+            if d.get(name) is not None:
+                d[name] = torch.as_tensor(np.array(d[name]))
         state = cls(**d)
         return (state, tree.get("extra", {})) if with_extra else state
 

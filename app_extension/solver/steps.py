@@ -149,11 +149,19 @@ def make_optimizers(state: ReconstructionState, config: SolverConfig):
     ]
     if config.learns_geometry and not state.has_tilt_map:
         groups.append({"params": [state.tilt], "lr": config.lr_tilt, "name": "tilt"})
+    if state.has_companion:
+        groups.append(
+            {
+                "params": [state.companion_phase, state.companion_amplitude],
+                "lr": config.lr_object,
+                "name": "companion",
+            }
+        )
+        groups.append({"params": [state.companion_probe], "lr": config.lr_probe, "name": "companion_probe"})
     adam = torch.optim.Adam(groups)
     rprop_class = ConfirmedRprop if config.dz_confirm_flips else torch.optim.Rprop
-    rprop = rprop_class(
-        [state.slice_thickness], lr=config.lr_dz, etas=(0.5, 1.2), step_sizes=(1e-3, 4 * config.lr_dz)
-    )
+    lr_dz = config.lr_dz / state.companion_factor  # the companion's slices take lr_dz steps
+    rprop = rprop_class([state.slice_thickness], lr=lr_dz, etas=(0.5, 1.2), step_sizes=(1e-3, 4 * lr_dz))
     saved = state.optimizer or {}
     for name, optimizer in (("adam", adam), ("rprop", rprop)):
         if name in saved and _compatible(optimizer, saved[name]):
@@ -274,7 +282,12 @@ def set_trainable(run: Run, iteration: int) -> None:
     state, config = run.state, run.config
     state.phase.requires_grad_(True)
     state.amplitude.requires_grad_(True)
+    if state.has_companion:
+        state.companion_phase.requires_grad_(True)
+        state.companion_amplitude.requires_grad_(True)
     state.probe.requires_grad_(config.lr_probe > 0 and iteration >= config.start_probe)
+    if state.has_companion:
+        state.companion_probe.requires_grad_(config.lr_probe > 0 and iteration >= config.start_probe)
     learn = config.learns_geometry
     learn_tilt = learn and config.lr_tilt > 0 and iteration >= config.start_tilt
     if state.has_tilt_map:  # a held map: the propagator takes its mean, learned as a global tilt
@@ -323,34 +336,43 @@ def batch_order(run: Run, iteration: int) -> list[torch.Tensor]:
     return list(torch.split(order, run.config.batch_size))
 
 
-def batch_propagator(run: Run, batch: torch.Tensor) -> torch.Tensor:
+def batch_propagator(
+    run: Run, batch: torch.Tensor, dz: torch.Tensor | None = None, detach_tilt: bool = False
+) -> torch.Tensor:
     """The propagator for a batch: (N, N) with a global tilt, (B, N, N) with a tilt map.
 
     A tilt map is interpolated from its control points to the batch's
     positions; before ``tilt_map_start`` it is held uniform (its mean: global APP), and
     from ``tilt_map_hold`` on the propagator takes that mean again (the slices carry the bend).
+    ``dz``: the slice thickness to propagate by (default the state's; with a
+    thickness companion the requested slices take it detached);
+    ``detach_tilt``: no gradient reaches the tilt (the companion's pass).
     """
     state = run.state
+    if dz is None:
+        dz = state.slice_thickness.detach() if state.has_companion else state.slice_thickness
+    grid = state.tilt_grid
     if state.has_tilt_map:
+        grid = grid.detach() if detach_tilt else grid
         if run.map_active:
             index, weight = state.tilt_weights()
-            tilt = interpolate(state.tilt_grid, index[batch], weight[batch])
-            return tilted_propagators(run.ky, run.kx, state.wavelength, state.slice_thickness, tilt)
-        return propagator(
-            run.ky, run.kx, state.wavelength, state.slice_thickness, state.tilt_grid.mean(dim=0)
-        )
-    tilt = state.tilt if state.tilt.shape[0] == 1 else state.tilt[batch]
+            tilt = interpolate(grid, index[batch], weight[batch])
+            return tilted_propagators(run.ky, run.kx, state.wavelength, dz, tilt)
+        return propagator(run.ky, run.kx, state.wavelength, dz, grid.mean(dim=0))
+    tilts = state.tilt.detach() if detach_tilt else state.tilt
+    tilt = tilts if tilts.shape[0] == 1 else tilts[batch]
     tilt_arg = tilt[0] if tilt.shape[0] == 1 else tilt
     if run.config.learns_geometry or bool(torch.any(state.tilt != 0)):
-        return propagator(run.ky, run.kx, state.wavelength, state.slice_thickness, tilt_arg)
-    return propagator(run.ky, run.kx, state.wavelength, state.slice_thickness)
+        return propagator(run.ky, run.kx, state.wavelength, dz, tilt_arg)
+    return propagator(run.ky, run.kx, state.wavelength, dz)
 
 
 def gradient_step(run: Run, batch: torch.Tensor) -> float:
     """Forward model, loss, backward and one Adam step for a batch; returns the batch's loss.
 
     The slice thickness's gradient is accumulated (not stepped) for
-    :func:`thickness_step`. With several processes, each computes its share
+    :func:`thickness_step`; with a thickness companion it comes from the
+    companion's pass alone (:func:`companion_loss`). With several processes, each computes its share
     of the (global) batch and the object, probe and tilt gradients and the
     loss are summed over the processes before the Adam step, so all take the
     same step.
@@ -362,9 +384,12 @@ def gradient_step(run: Run, batch: torch.Tensor) -> float:
         prop = batch_propagator(run, local)
         model = forward(state.probe, state.phase, state.amplitude, batch_corners(run, local), prop)
         extra = {"offset": run.data.count_offset} if run.config.loss == "anscombe" else {}
-        loss = LOSSES[run.config.loss](model, run.data.targets(local), run.data.mask, **extra)
-        loss.backward()
+        targets = run.data.targets(local)
+        loss = LOSSES[run.config.loss](model, targets, run.data.mask, **extra)
         value = float(loss.detach())
+        if state.has_companion:
+            loss = loss + companion_loss(run, local, targets, extra)
+        loss.backward()
     if run.comm is not None:
         params = [p for g in run.adam.param_groups for p in g["params"]]
         if run.tilt_optimizer is not None:
@@ -374,7 +399,24 @@ def gradient_step(run: Run, batch: torch.Tensor) -> float:
     run.adam.zero_grad(set_to_none=True)
     tilt_field_step(run, batch)
     clamp_amplitude(state.amplitude, run.config.max_amplitude)
+    if state.has_companion:
+        clamp_amplitude(state.companion_amplitude, run.config.max_amplitude)
     return value
+
+
+def companion_loss(run: Run, batch: torch.Tensor, targets: torch.Tensor, extra: dict) -> torch.Tensor:
+    """The thickness companion's loss for a batch (:mod:`.thickness_companion`).
+
+    Its merged slices, propagated by ``k dz`` with the gradient reaching dz,
+    under the requested model's probe, tilt and positions (held: no gradient
+    reaches them from here).
+    """
+    state = run.state
+    dz = state.slice_thickness * state.companion_factor
+    prop = batch_propagator(run, batch, dz=dz, detach_tilt=True)
+    corners = batch_corners(run, batch).detach()
+    model = forward(state.companion_probe, state.companion_phase, state.companion_amplitude, corners, prop)
+    return LOSSES[run.config.loss](model, targets, run.data.mask, **extra)
 
 
 def tilt_field_step(run: Run, batch: torch.Tensor) -> None:
@@ -523,10 +565,11 @@ def move_drift_into_tilt(state: ReconstructionState, window: int) -> np.ndarray:
             grid = torch.atan(torch.tan(state.tilt_grid.double() * 1e-3) + tan_new.mean(0) - tan_old.mean(0))
             state.tilt_grid.copy_((grid * 1e3).to(state.tilt_grid.dtype))
             refresh_position_tilts(state)
-        back = -np.outer(depths, slope_px)
-        state.phase.copy_(torch.as_tensor(fourier_shift(phase, back)))
-        amp = state.amplitude.detach().cpu().numpy()
-        state.amplitude.copy_(torch.as_tensor(fourier_shift(amp, back)))
+        for phase_t, amplitude_t, dz in state.slice_sets():  # the slices, and the companion's alike
+            back = -np.outer(np.arange(phase_t.shape[0]) * dz, slope_px)
+            for tensor in (phase_t, amplitude_t):
+                moved = fourier_shift(tensor.detach().cpu().numpy(), back)
+                tensor.copy_(torch.as_tensor(moved, dtype=tensor.dtype, device=tensor.device))
     return change
 
 
@@ -540,11 +583,14 @@ def apply_constraints(run: Run) -> None:
     state = run.state
     if state.probe.shape[0] > 1:
         orthogonalize_probe(state.probe)
-    if map_held(state):
-        crystal_frame_prior(state, (state.phase, state.amplitude), run.config.depth_weight)
-    else:
-        smooth_depth(state.phase, run.config.depth_weight)
-        smooth_depth(state.amplitude, run.config.depth_weight)
+        if state.has_companion:
+            orthogonalize_probe(state.companion_probe)
+    for phase, amplitude, dz in state.slice_sets():  # the slices, and the companion's alike
+        if map_held(state):
+            crystal_frame_prior(state, (phase, amplitude), run.config.depth_weight, dz=dz)
+        else:
+            smooth_depth(phase, run.config.depth_weight)
+            smooth_depth(amplitude, run.config.depth_weight)
     state.slice_thickness.clamp_(min=0.1)
 
 
@@ -559,4 +605,5 @@ def finish_iteration(run: Run, iteration: int, total: float, seconds: float) -> 
 def finite(state: ReconstructionState) -> bool:
     """True when object, probe and tilt are all finite."""
     names = ("phase", "amplitude", "probe", "tilt") + (("tilt_grid",) if state.has_tilt_map else ())
+    names += state._COMPANION if state.has_companion else ()
     return all(bool(torch.isfinite(getattr(state, n)).all()) for n in names)

@@ -628,13 +628,14 @@ def shift_slices_with_depth(state, slope: np.ndarray) -> None:
     """Move the content of slice s by ``z_s * slope(r)`` px, phase and amplitude, in place.
 
     ``slope``: (H, W, (y, x)) px per Å of depth (z_s = s dz); nothing moves below 1e-4 px.
+    A thickness companion's slices move alike, at their own depths.
     """
-    depths = np.arange(state.num_slices) * state.dz
-    if np.abs(slope).max() * depths[-1] > 1e-4:
-        for name in ("phase", "amplitude"):
-            tensor = getattr(state, name)
-            for s in range(1, state.num_slices):  # slice 0 (z = 0) stays
-                tensor[s].copy_(warp_levels(tensor[s : s + 1].detach(), depths[s] * slope)[0])
+    for phase, amplitude, dz in state.slice_sets():
+        depths = np.arange(phase.shape[0]) * dz
+        if np.abs(slope).max() * depths[-1] > 1e-4:
+            for tensor in (phase, amplitude):
+                for s in range(1, phase.shape[0]):  # slice 0 (z = 0) stays
+                    tensor[s].copy_(warp_levels(tensor[s : s + 1].detach(), depths[s] * slope)[0])
 
 
 # -- what the map tells -------------------------------------------------------------------
