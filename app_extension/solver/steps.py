@@ -407,9 +407,9 @@ def gradient_step(run: Run, batch: torch.Tensor) -> float:
 def companion_loss(run: Run, batch: torch.Tensor, targets: torch.Tensor, extra: dict) -> torch.Tensor:
     """The thickness companion's loss for a batch (:mod:`.thickness_companion`).
 
-    Its merged slices, propagated by ``k dz`` with the gradient reaching dz,
-    under the requested model's probe, tilt and positions (held: no gradient
-    reaches them from here).
+    Its merged slices and its own probe, propagated by ``k dz`` with the
+    gradient reaching dz, at the requested model's tilt and positions (held:
+    no gradient reaches them from here).
     """
     state = run.state
     dz = state.slice_thickness * state.companion_factor

@@ -14,8 +14,11 @@ So when the requested slices are thin, the thickness is learned on a
 amplitudes multiplied), with ``k`` the largest divisor of the slice count
 for which ``k dz`` is at most ``lambda / alpha^2`` and at least
 :data:`MIN_SLICES` slices remain. The companion has its own slices and Adam
-moments and is fitted to every batch beside the requested slices, with the
-probe, tilt and positions of the requested model held (detached); its
+moments and its own probe (a copy of the starting probe, learned as the
+requested model's is; sharing that probe, fitted for the thin slices, pulled
+the companion as thick as the thin slices), and is fitted to every batch
+beside the requested slices, at the requested model's tilt and positions
+(held: detached); its
 propagator is ``p(k; k dz, theta)``, and the slice-thickness gradient comes
 from it alone (the requested slices use ``dz`` detached). The requested
 slices take its thickness, ``dz = (companion thickness) / k``. Every step
