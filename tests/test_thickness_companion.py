@@ -133,3 +133,13 @@ def test_slices_moved_with_depth_move_the_companion_at_its_depths(small_dataset)
         torch.testing.assert_close(
             state.companion_phase[s], torch.roll(before[s], s, dims=1), atol=1e-4, rtol=0
         )
+
+
+def test_returned_companion_needs_no_gradient(small_dataset):
+    state = reconstruct(
+        small_dataset.data,
+        small_dataset.geometry,
+        SolverConfig(iterations=2, **OPTIONS),
+        show_progressbar=False,
+    )
+    assert not any(getattr(state, name).requires_grad for name in state._COMPANION)

@@ -262,8 +262,8 @@ def reconstruct(
     if state.has_tilt_map:
         state.tilt_grid.requires_grad_(False)
     if state.has_companion:
-        state.companion_phase.requires_grad_(False)
-        state.companion_amplitude.requires_grad_(False)
+        for name in state._COMPANION:
+            getattr(state, name).requires_grad_(False)
     if config.mode == "fpp" and state.num_slices > 1:
         state.post_alignment = post_align(
             state.phase.cpu().numpy(),

@@ -82,10 +82,10 @@ class ReconstructionState:
     tilt_field
         Tilt map only: the :class:`~.tilt_field.TiltGrid` (where the control
         points sit, which are undetermined, their uncertainties).
-    companion_phase, companion_amplitude
-        The thickness companion's slices (S / k, H, W) when the slice
-        thickness is learned on merged slices (:mod:`.thickness_companion`);
-        None otherwise.
+    companion_phase, companion_amplitude, companion_probe
+        The thickness companion's slices (S / k, H, W) and probe modes when
+        the slice thickness is learned on merged slices
+        (:mod:`.thickness_companion`); None otherwise.
     """
 
     phase: torch.Tensor

@@ -282,12 +282,12 @@ def set_trainable(run: Run, iteration: int) -> None:
     state, config = run.state, run.config
     state.phase.requires_grad_(True)
     state.amplitude.requires_grad_(True)
+    learn_probe = config.lr_probe > 0 and iteration >= config.start_probe
+    state.probe.requires_grad_(learn_probe)
     if state.has_companion:
         state.companion_phase.requires_grad_(True)
         state.companion_amplitude.requires_grad_(True)
-    state.probe.requires_grad_(config.lr_probe > 0 and iteration >= config.start_probe)
-    if state.has_companion:
-        state.companion_probe.requires_grad_(config.lr_probe > 0 and iteration >= config.start_probe)
+        state.companion_probe.requires_grad_(learn_probe)
     learn = config.learns_geometry
     learn_tilt = learn and config.lr_tilt > 0 and iteration >= config.start_tilt
     if state.has_tilt_map:  # a held map: the propagator takes its mean, learned as a global tilt
