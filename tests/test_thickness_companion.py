@@ -20,6 +20,11 @@ WAVELENGTH = electron_wavelength(300e3)
 OPTIONS = dict(num_slices=6, slice_thickness=4.0, batch_size=16, start_dz=1, seed=1)
 
 
+def _run(dataset, iterations: int) -> ReconstructionState:
+    config = SolverConfig(iterations=iterations, **OPTIONS)
+    return reconstruct(dataset.data, dataset.geometry, config, show_progressbar=False)
+
+
 def test_depth_of_field_and_factor_rule():
     assert depth_of_field(WAVELENGTH, 22.0) == pytest.approx(40.7, abs=0.1)
     assert companion_factor(10, 13.0, WAVELENGTH, 22.0) == 2
@@ -116,12 +121,7 @@ def test_resume_with_companion_is_exact(small_dataset, tmp_path):
 
 
 def test_slices_moved_with_depth_move_the_companion_at_its_depths(small_dataset):
-    state = reconstruct(
-        small_dataset.data,
-        small_dataset.geometry,
-        SolverConfig(iterations=1, **OPTIONS),
-        show_progressbar=False,
-    )
+    state = _run(small_dataset, 1)
     h, w = state.phase.shape[1:]
     rng = np.random.default_rng(0)
     state.companion_phase = torch.as_tensor(rng.random((3, h, w)), dtype=torch.float32)
@@ -136,10 +136,5 @@ def test_slices_moved_with_depth_move_the_companion_at_its_depths(small_dataset)
 
 
 def test_returned_companion_needs_no_gradient(small_dataset):
-    state = reconstruct(
-        small_dataset.data,
-        small_dataset.geometry,
-        SolverConfig(iterations=2, **OPTIONS),
-        show_progressbar=False,
-    )
+    state = _run(small_dataset, 2)
     assert not any(getattr(state, name).requires_grad for name in state._COMPANION)
